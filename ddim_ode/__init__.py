@@ -1,0 +1,42 @@
+"""ddim_ode: deterministic diffusion sampling and inversion as the probability-flow ODE.
+
+In the coordinates x̄ = x/√ᾱ and σ = √((1 − ᾱ)/ᾱ) a DDPM ε-network defines
+dx̄/dσ = ε_θ(x̄/√(1 + σ²), t(σ)); DDIM is its Euler discretisation. :func:`integrate`,
+:func:`decode` (noise → data) and :func:`encode` (data → noise) integrate it with any
+registered solver (:func:`solvers`).
+"""
+
+from . import analytic, grids
+from .field import PREDICTIONS, ProbabilityFlowODE, SigmaModel
+from .grids import GRIDS, make_grid
+from .integrate import Solution, decode, encode, from_xbar, integrate, solve, to_xbar
+from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
+from .solvers import Solver, SolverInfo, get_solver, register, solvers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "analytic",
+    "grids",
+    "ContinuousSchedule",
+    "DiscreteSchedule",
+    "Schedule",
+    "ProbabilityFlowODE",
+    "SigmaModel",
+    "PREDICTIONS",
+    "GRIDS",
+    "make_grid",
+    "Solution",
+    "integrate",
+    "decode",
+    "encode",
+    "solve",
+    "to_xbar",
+    "from_xbar",
+    "Solver",
+    "SolverInfo",
+    "get_solver",
+    "register",
+    "solvers",
+    "__version__",
+]

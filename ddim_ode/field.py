@@ -1,0 +1,129 @@
+"""The probability-flow ODE of an ε-network in DDIM coordinates.
+
+With x̄ = x_t/√ᾱ_t and σ = √((1 − ᾱ_t)/ᾱ_t) the deterministic (η = 0) DDIM process is
+
+    dx̄/dσ = ε_θ(x̄/√(1 + σ²), t(σ))            (Song, Meng & Ermon 2021, eq. 14)
+
+and its denoiser form is dx̄/dσ = (x̄ − D(x̄, σ))/σ with D = x̄ − σ ε (Karras et al. 2022).
+:class:`ProbabilityFlowODE` is the only place the network is called; it counts the calls (NFE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from .schedules import Schedule
+
+__all__ = ["ProbabilityFlowODE", "EpsModel", "SigmaModel", "PREDICTIONS"]
+
+PREDICTIONS = ("eps", "x0", "v")
+Prediction = Literal["eps", "x0", "v"]
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+
+
+@runtime_checkable
+class SigmaModel(Protocol):
+    """A model defined directly in DDIM coordinates: ``eps_xbar(xbar, sigma) -> ε``.
+
+    The exact oracles of :mod:`ddim_ode.analytic` implement it; the field then evaluates ε at the
+    exact σ (also at σ = 0) instead of going through a schedule's timesteps.
+    """
+
+    def eps_xbar(self, xbar: Tensor, sigma: float) -> Tensor: ...
+
+
+def _model_dtype(model: Any) -> torch.dtype | None:
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+class ProbabilityFlowODE:
+    """The vector field ``f(x̄, σ) = dx̄/dσ`` defined by an ε-model and a schedule.
+
+    Args:
+        model: an ε-model ``model(x_t, t)`` with ``x_t`` in the usual VP scale and ``t`` a 1-D
+            float tensor of length batch in the schedule's units, or a :class:`SigmaModel`
+            (evaluated at the exact σ; the schedule then only maps σ to t for reporting).
+        schedule: the schedule the model was trained with.
+        prediction: what the model outputs: ``"eps"`` (noise), ``"x0"`` (clean data) or ``"v"``
+            (v = √ᾱ ε − √(1−ᾱ) x0, Salimans & Ho 2022). ``x0`` and ``v`` are converted to ε with
+            the ᾱ of the timestep the model was evaluated at.
+        model_dtype: dtype the model input is cast to (default: the dtype of the module's first
+            floating parameter, else the state's dtype). Output is cast back to the state dtype,
+            so an fp16 network drives a float32/float64 solver state.
+
+    At σ = 0 (clean data, ᾱ = 1) the network is evaluated at the schedule's smallest timestep
+    ``t_min`` with ``x_t = x̄``; more generally ``t(σ)`` clamps into ``[t_min, t_max]``.
+
+    The attribute :attr:`nfe` counts network evaluations (one per call, whatever the batch).
+    """
+
+    def __init__(
+        self,
+        model: EpsModel | SigmaModel,
+        schedule: Schedule,
+        prediction: Prediction = "eps",
+        model_dtype: torch.dtype | None = None,
+    ) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a ddim_ode Schedule, got {type(schedule).__name__}")
+        if not callable(model) and not isinstance(model, SigmaModel):
+            raise TypeError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
+        self.model = model
+        self.schedule = schedule
+        self.prediction: Prediction = prediction
+        self.model_dtype = model_dtype if model_dtype is not None else _model_dtype(model)
+        self.exact = isinstance(model, SigmaModel)
+        self.nfe = 0
+        self._checked = False
+
+    def __call__(self, xbar: Tensor, sigma: float) -> Tensor:
+        """ε at (x̄, σ), which is dx̄/dσ; same shape and dtype as ``xbar``."""
+        sigma = float(sigma)
+        self.nfe += 1
+        if self.exact:
+            out = self.model.eps_xbar(xbar, sigma)  # type: ignore[union-attr]
+            return self._check(out.to(xbar.dtype), xbar)
+        x_t = xbar * (1.0 + sigma * sigma) ** -0.5
+        t = float(self.schedule.t(sigma))
+        in_dtype = self.model_dtype or xbar.dtype
+        t_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
+        t_vec = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
+        out = self.model(x_t.to(in_dtype), t_vec)  # type: ignore[operator]
+        out = self._check(out, xbar).to(xbar.dtype)
+        if self.prediction == "eps":
+            return out
+        ab = float(self.schedule.alpha_bar(t))
+        a, s = ab**0.5, (1.0 - ab) ** 0.5
+        if self.prediction == "v":  # ε = √(1−ᾱ) x_t + √ᾱ v
+            return s * x_t + a * out
+        return (x_t - a * out) / s  # x0-prediction: ε = (x_t − √ᾱ x0)/√(1−ᾱ)
+
+    def denoise(self, xbar: Tensor, sigma: float) -> Tensor:
+        """The denoiser D(x̄, σ) = x̄ − σ ε(x̄, σ): the model's estimate of x0 (one NFE)."""
+        return xbar - float(sigma) * self(xbar, sigma)
+
+    def _check(self, out: Any, xbar: Tensor) -> Tensor:
+        if self._checked:
+            return out
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
+        if out.shape != xbar.shape:
+            raise ValueError(
+                f"the model returned shape {tuple(out.shape)} for input shape {tuple(xbar.shape)}; they must match"
+            )
+        if not out.is_floating_point():
+            raise TypeError(f"the model returned dtype {out.dtype}; a floating dtype is required")
+        if out.device != xbar.device:
+            raise ValueError(f"the model returned a tensor on {out.device} for input on {xbar.device}; they must match")
+        self._checked = True
+        return out

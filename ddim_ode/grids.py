@@ -1,0 +1,137 @@
+"""Time grids: pure functions returning float64 σ values, in decoding order (largest first).
+
+A grid of ``n`` steps holds ``n + 1`` values. With the default range it runs from the top of
+the schedule down to σ = 0 (clean data): ``n`` noisy points and a trailing 0, so the last step
+goes from the schedule's smallest timestep to ᾱ = 1, as the official DDIM sampler does. With an
+explicit range ``[t_lo, t_hi]`` it holds ``n + 1`` points from σ(t_hi) to σ(t_lo), both included.
+Encoding uses the same grid reversed.
+
+Grids:
+
+* ``"uniform"`` — uniform in t. For a :class:`~ddim_ode.schedules.DiscreteSchedule` over its
+  full range this is exactly the official DDIM grid: timesteps ``range(0, T, T // n)`` visited
+  from the largest down (so it starts at ``T − T//n``); when ``n`` does not divide ``T`` that
+  range has more than ``n`` entries, and the sampler takes that many steps, as the official one
+  does (e.g. T = 1000, n = 30 gives 31 steps).
+* ``"quad"`` — quadratic in t. Discrete, full range: the official ``(linspace(0, √(0.8 T), n))²``
+  truncated to integers (``int()``, as the official code does; repeated timesteps, which occur
+  only for n close to T, are dropped, which changes nothing but the NFE). Otherwise
+  ``t = t_lo + (t_hi − t_lo)(k/K)²``.
+* ``"logsnr"`` — uniform in log σ (= uniform in log-SNR; k-diffusion's "exponential").
+* ``"karras"`` — σ^(1/ρ) uniform, ρ = 7 (Karras et al. 2022, eq. 5).
+
+On a discrete schedule "uniform" and "quad" round timesteps to integers (the network was trained
+on those); "logsnr" and "karras" use fractional timesteps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .schedules import Schedule
+
+__all__ = ["GRIDS", "uniform_grid", "quad_grid", "logsnr_grid", "karras_grid", "make_grid", "sigmas_from_timesteps"]
+
+
+def _assemble(schedule: Schedule, values: np.ndarray, is_t: bool, to_zero: bool) -> Tensor:
+    v = torch.tensor(np.array(values, dtype=np.float64), dtype=torch.float64)
+    sig = schedule.sigma(v) if is_t else v
+    if to_zero:
+        sig = torch.cat([sig, torch.zeros(1, dtype=torch.float64)])
+    return sig
+
+
+def _range(schedule: Schedule, t_hi: float | None, t_lo: float | None) -> tuple[float, float, bool]:
+    hi = schedule.t_max if t_hi is None else float(t_hi)
+    lo = schedule.t_min if t_lo is None else float(t_lo)
+    return hi, lo, t_lo is None
+
+
+def _count(n: int, to_zero: bool) -> int:
+    """Number of points spanning [lo, hi] inclusive: n when a trailing 0 follows, else n + 1."""
+    return n if to_zero else n + 1
+
+
+def _int_unique_desc(t: np.ndarray) -> np.ndarray:
+    return np.unique(np.asarray(t, dtype=np.int64))[::-1].astype(np.float64)
+
+
+def uniform_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:
+    """Uniform in t; on a full-range discrete schedule the official DDIM ``range(0, T, T//n)``."""
+    if schedule.is_discrete and t_hi is None and t_lo is None:
+        big_t = int(round(schedule.t_max)) + 1
+        if n > big_t:
+            raise ValueError(
+                f"the 'uniform' grid of a schedule with T={big_t} allows at most n={big_t} steps, got n={n}"
+            )
+        ts = np.arange(0, big_t, big_t // n, dtype=np.float64)[::-1]
+        return _assemble(schedule, ts, True, True)
+    hi, lo, to_zero = _range(schedule, t_hi, t_lo)
+    m = _count(n, to_zero)
+    ts = np.linspace(hi, lo, m) if m > 1 else np.array([hi])
+    if schedule.is_discrete:
+        ts = _int_unique_desc(np.round(ts))
+    return _assemble(schedule, ts, True, to_zero)
+
+
+def quad_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:
+    """Quadratic in t; on a full-range discrete schedule the official DDIM 'quad' grid."""
+    if schedule.is_discrete and t_hi is None and t_lo is None:
+        big_t = int(round(schedule.t_max)) + 1
+        ts = np.array([int(s) for s in np.linspace(0, np.sqrt(big_t * 0.8), n) ** 2], dtype=np.float64)
+        return _assemble(schedule, _int_unique_desc(ts), True, True)
+    hi, lo, to_zero = _range(schedule, t_hi, t_lo)
+    m = _count(n, to_zero)
+    u = np.linspace(1.0, 0.0, m) if m > 1 else np.array([1.0])
+    ts = lo + (hi - lo) * u**2
+    if schedule.is_discrete:
+        ts = _int_unique_desc(np.round(ts))
+    return _assemble(schedule, ts, True, to_zero)
+
+
+def logsnr_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:
+    """Uniform in log σ (equivalently in log-SNR = −2 log σ)."""
+    hi, lo, to_zero = _range(schedule, t_hi, t_lo)
+    m = _count(n, to_zero)
+    s_hi, s_lo = float(schedule.sigma(hi)), float(schedule.sigma(lo))
+    sig = np.exp(np.linspace(np.log(s_hi), np.log(s_lo), m)) if m > 1 else np.array([s_hi])
+    return _assemble(schedule, sig, False, to_zero)
+
+
+def karras_grid(
+    schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float | None = None, rho: float = 7.0
+) -> Tensor:
+    """σ_i = (σ_hi^(1/ρ) + i/(m−1) (σ_lo^(1/ρ) − σ_hi^(1/ρ)))^ρ (Karras et al. 2022, eq. 5)."""
+    hi, lo, to_zero = _range(schedule, t_hi, t_lo)
+    m = _count(n, to_zero)
+    s_hi, s_lo = float(schedule.sigma(hi)), float(schedule.sigma(lo))
+    ramp = np.linspace(0.0, 1.0, m) if m > 1 else np.array([0.0])
+    sig = (s_hi ** (1 / rho) + ramp * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
+    return _assemble(schedule, sig, False, to_zero)
+
+
+GridFn = Callable[..., Tensor]
+GRIDS: dict[str, GridFn] = {
+    "uniform": uniform_grid,
+    "quad": quad_grid,
+    "logsnr": logsnr_grid,
+    "karras": karras_grid,
+}
+
+
+def make_grid(schedule: Schedule, grid: str, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:
+    """The decoding σ grid (float64, strictly decreasing) named ``grid`` with ``n`` steps."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; allowed: {', '.join(GRIDS)}")
+    sig = GRIDS[grid](schedule, n, t_hi, t_lo)
+    keep = torch.cat([torch.ones(1, dtype=torch.bool), sig[1:] < sig[:-1]])
+    return sig[keep]
+
+
+def sigmas_from_timesteps(schedule: Schedule, timesteps: Sequence[float] | np.ndarray | Tensor) -> Tensor:
+    """σ(t) for an explicit list of timesteps, as float64."""
+    return schedule.sigma(torch.as_tensor(np.asarray(timesteps, dtype=np.float64)))
