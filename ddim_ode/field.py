@@ -95,6 +95,8 @@ class ProbabilityFlowODE:
             return self._check(out.to(xbar.dtype), xbar)
         x_t = xbar * (1.0 + sigma * sigma) ** -0.5
         t = float(self.schedule.t(sigma))
+        if not self._checked:
+            self._check_device(xbar)
         in_dtype = self.model_dtype or xbar.dtype
         t_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
         t_vec = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
@@ -111,6 +113,15 @@ class ProbabilityFlowODE:
     def denoise(self, xbar: Tensor, sigma: float) -> Tensor:
         """The denoiser D(x̄, σ) = x̄ − σ ε(x̄, σ): the model's estimate of x0 (one NFE)."""
         return xbar - float(sigma) * self(xbar, sigma)
+
+    def _check_device(self, xbar: Tensor) -> None:
+        if isinstance(self.model, torch.nn.Module):
+            p = next(self.model.parameters(), None)
+            if p is not None and p.device != xbar.device:
+                raise ValueError(
+                    f"the model's parameters are on {p.device} but the input is on {xbar.device}; "
+                    "move one of them (e.g. model.to(x.device))"
+                )
 
     def _check(self, out: Any, xbar: Tensor) -> Tensor:
         if self._checked:

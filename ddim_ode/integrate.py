@@ -8,6 +8,7 @@ reconstruction experiment (its Table 2).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,19 +104,24 @@ def _check_grid(sig: Tensor, schedule: Schedule, what: str) -> Tensor:
     return sig
 
 
+@functools.lru_cache(maxsize=4)
+def _default_model(device: str) -> tuple[Any, Schedule, dict[str, Any]]:
+    from .io import load_default  # the built-in trained model
+
+    model, schedule, meta = load_default(device)
+    model.eval().requires_grad_(False)  # shipped weights are frozen: no autograd graph unless x needs one
+    return model, schedule, meta
+
+
 def _resolve_model(
-    model: EpsModel | SigmaModel | None, schedule: Schedule | None
+    model: EpsModel | SigmaModel | None, schedule: Schedule | None, device: torch.device
 ) -> tuple[EpsModel | SigmaModel, Schedule, dict[str, Any]]:
     if model is None:
-        try:
-            from .io import load_default  # the built-in trained model
-        except ImportError:
-            raise ValueError("no model given: pass model=<eps(x_t, t) callable> and schedule=<Schedule>") from None
-        default_model, default_schedule, meta = load_default()
-        if schedule is not None and schedule is not default_schedule:
+        if schedule is not None:
             raise ValueError(
                 "schedule given without model: the built-in model comes with its own schedule; pass both or neither"
             )
+        default_model, default_schedule, meta = _default_model(str(device))
         return default_model, default_schedule, {"prediction": meta.get("prediction", "eps")}
     if schedule is None:
         raise ValueError("schedule is required when a model is given, e.g. schedule=ddim_ode.DiscreteSchedule.linear()")
@@ -239,7 +245,7 @@ def integrate(
     """
     _check_x(x, "x")
     n = _check_n(n)
-    model_, schedule_, defaults = _resolve_model(model, schedule)
+    model_, schedule_, defaults = _resolve_model(model, schedule, x.device)
     if sigmas is not None and timesteps is not None:
         raise ValueError("give at most one of `sigmas` and `timesteps`")
     if sigmas is not None:
@@ -316,7 +322,7 @@ def decode(
     """
     _check_x(x_T, "x_T")
     n = _check_n(n)
-    model_, schedule_, defaults = _resolve_model(model, schedule)
+    model_, schedule_, defaults = _resolve_model(model, schedule, x_T.device)
     sig = _data_grid(schedule_, grid, n, sigmas, timesteps)
     field = _make_field(model_, schedule_, prediction, defaults)
     sol = solve(
@@ -356,7 +362,7 @@ def encode(
     """
     _check_x(x_0, "x_0")
     n = _check_n(n)
-    model_, schedule_, defaults = _resolve_model(model, schedule)
+    model_, schedule_, defaults = _resolve_model(model, schedule, x_0.device)
     sig = _data_grid(schedule_, grid, n, sigmas, timesteps).flip(0)
     field = _make_field(model_, schedule_, prediction, defaults)
     sol = solve(
