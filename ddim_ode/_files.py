@@ -26,6 +26,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; follow the umask like open() does
         os.replace(tmp_path, final)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -278,6 +278,45 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"demo done in {time.perf_counter() - t0:.1f}s; open {out / 'samples.png'} and {out / 'roundtrip.png'}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from . import studies
+
+    if args.replot:
+        print(f"re-plotted {studies.replot(args.replot)}")
+        return
+    kw: dict[str, Any] = {"seed": args.seed, "quick": args.quick, "out_dir": args.out_dir or f"results/{args.study}"}
+    dev = _device(args.device)
+    kw["device"] = dev
+    if args.study != "accuracy":
+        kw["dtype"] = args.dtype
+    if args.solvers:
+        names = [n for n in args.solvers.split(",") if n]
+        if args.study == "consistency":
+            kw["solver"] = names[0]
+        else:
+            kw["solvers"] = tuple(names)
+    if args.steps:
+        kw["steps"] = args.steps[0] if args.study == "speed" else tuple(args.steps)
+    if args.num is not None:
+        if args.study in ("consistency", "speed"):
+            raise CLIError(f"--num does not apply to the {args.study} study")
+        kw["num"] = args.num
+    if args.problems:
+        if args.study != "accuracy":
+            raise CLIError("--problems applies to the accuracy study only")
+        kw["problems"] = tuple(args.problems.split(","))
+    if args.study != "accuracy":
+        kw["show_progress"] = not args.quiet
+    elif args.quiet:
+        kw["show_progress"] = False
+    if args.study == "consistency":
+        kw.pop("show_progress", None)
+    t0 = time.perf_counter()
+    studies.STUDIES[args.study](**kw)
+    out = Path(kw["out_dir"])
+    print(f"{args.study} study done in {time.perf_counter() - t0:.1f}s; results in {out}/ ({args.study}.json, PNG)")
+
+
 def cmd_solvers(args: argparse.Namespace) -> None:
     rows = solvers()
     print(f"{'name':<18} {'order':>5} {'NFE/step':>8} {'encode':>6}  paper")
@@ -347,6 +386,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a DDPM UNet (see `ddim-ode train --help`)", add_help=False)
     p.set_defaults(func=None)
 
+    p = sub.add_parser("bench", help="run a study: roundtrip, accuracy, quality, speed or consistency")
+    p.add_argument("study", choices=("roundtrip", "accuracy", "quality", "speed", "consistency"))
+    p.add_argument("--quick", action="store_true", help="a small version that runs in under a minute")
+    p.add_argument("--out-dir", help="output folder (default results/<study>)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="state dtype (default float32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--solvers", help="comma-separated solver names (default: the study's own list)")
+    p.add_argument("--steps", type=int, nargs="+", help="step counts (speed: one value)")
+    p.add_argument("--num", type=int, help="number of samples/images")
+    p.add_argument("--problems", help="accuracy only: comma-separated from ring, mix64, model")
+    p.add_argument("--replot", metavar="JSON", help="redraw the plot from a results JSON and exit")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("solvers", help="list the solvers with order, NFE per step and paper")
     p.set_defaults(func=cmd_solvers)
     return parser
@@ -355,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _validate(args: argparse.Namespace) -> None:
     for name in ("steps", "num", "batch_size", "frames"):
         val = getattr(args, name, None)
+        if isinstance(val, list):
+            val = min(val)
         if val is not None and val < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be >= 1, got {val}")
     for n in getattr(args, "consistency_steps", None) or []:
