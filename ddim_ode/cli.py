@@ -54,7 +54,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], torch.dev
     dev = _device(args.device)
     try:
         model, schedule, meta = load_any(args.model, device=dev)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError, ImportError) as err:  # ModelFormatError is a ValueError
         raise CLIError(str(err)) from None
     model.eval()
     return model, schedule, meta, dev
@@ -429,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "train":
         from .train import main as train_main
 
-        train_main(argv[1:])
+        train_main(argv[1:], prog="ddim-ode train")
         return 0
     args = build_parser().parse_args(argv)
     try:

@@ -1,0 +1,411 @@
+"""Saving and loading models: own format, schedules in JSON, state dicts (weights-only), diffusers, the default."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+
+from ddim_ode import io
+from ddim_ode.io import (
+    DiffusersEpsModel,
+    ModelFormatError,
+    load_any,
+    load_default,
+    load_diffusers_unet,
+    load_model,
+    load_torch_state_dict,
+    save_model,
+    schedule_from_dict,
+    schedule_to_dict,
+)
+from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule
+from ddim_ode.unet import UNet, UNetConfig
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4)
+
+
+def _model(config: UNetConfig = TINY, seed: int = 0) -> UNet:
+    g = torch.Generator().manual_seed(seed)
+    model = UNet(config, generator=g)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(2, 1, 8, 8, generator=g), torch.tensor([3.0, 777.5])
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = _model()
+    path = save_model(tmp_path / "m", model, schedule=DiscreteSchedule.linear(), extra_metadata={"data": {"x": 1}})
+    return path, model
+
+
+# ----------------------------------------------------------------------------------------------
+# the package's own format
+
+
+def test_round_trip(saved):
+    path, model = saved
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]  # no temp files left
+    rng = torch.get_rng_state()
+    loaded, schedule, meta = load_model(path)
+    assert torch.equal(torch.get_rng_state(), rng)
+    x, t = _inputs()
+    assert torch.equal(loaded(x, t), model(x, t))
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    assert torch.equal(schedule.alphas_cumprod, DiscreteSchedule.linear().alphas_cumprod)
+    assert meta["schedule"] == {
+        "type": "discrete",
+        "kind": "linear",
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "num_timesteps": 1000,
+    }
+    assert meta["prediction"] == "eps" and meta["data"] == {"x": 1} and meta["unet"] == TINY.to_dict()
+    assert meta["sample_shape"] == [1, 8, 8]
+    # the config file or the weights file name the model as well
+    assert torch.equal(load_model(path / "config.json").model(x, t), model(x, t))
+    assert torch.equal(load_model(path / "model.safetensors").model(x, t), model(x, t))
+
+
+def test_input_gradients_flow_through_a_loaded_model(saved):
+    model = load_model(saved[0]).model
+    x = torch.randn(1, 1, 8, 8, requires_grad=True)
+    model(x, torch.tensor([10.0])).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        DiscreteSchedule.linear(),
+        DiscreteSchedule.linear(8.5e-4, 0.012, 500),
+        DiscreteSchedule.cosine(1000),
+        DiscreteSchedule(betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64) ** 0.5 * 0.1),
+        ContinuousSchedule.linear(),
+        ContinuousSchedule.cosine(),
+    ],
+    ids=["linear", "linear-custom", "cosine", "arbitrary", "continuous-linear", "continuous-cosine"],
+)
+def test_schedule_json_round_trip_is_exact(schedule):
+    spec = json.loads(json.dumps(schedule_to_dict(schedule)))
+    rebuilt = schedule_from_dict(spec)
+    assert type(rebuilt) is type(schedule)
+    if isinstance(schedule, DiscreteSchedule):
+        assert torch.allclose(rebuilt.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-12, atol=0)
+    else:
+        s = torch.linspace(0.01, 50.0, 7, dtype=torch.float64)
+        assert torch.equal(rebuilt.t(s), schedule.t(s)) and (rebuilt.t_min, rebuilt.t_max) == (
+            schedule.t_min,
+            schedule.t_max,
+        )
+
+
+def test_schedule_from_dict_errors():
+    with pytest.raises(ValueError, match="allowed: linear, cosine, betas, alphas_cumprod"):
+        schedule_from_dict({"type": "discrete", "kind": "sigmoid"})
+    with pytest.raises(ValueError, match="beta_end"):
+        schedule_from_dict({"type": "discrete", "kind": "linear", "beta_start": 1e-4, "num_timesteps": 10})
+    with pytest.raises(ValueError, match="allowed: discrete, continuous"):
+        schedule_from_dict({"type": "ve", "kind": "linear"})
+    betas = [0.1, 0.2, 0.3]
+    assert torch.allclose(
+        schedule_from_dict({"kind": "betas", "betas": betas}).betas, torch.tensor(betas, dtype=torch.float64)
+    )
+
+
+def test_save_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="schedule"):
+        save_model(tmp_path, _model())
+    with pytest.raises(ValueError, match="reserved"):
+        save_model(tmp_path, _model(), schedule=DiscreteSchedule.linear(), extra_metadata={"unet": {}})
+    with pytest.raises(ValueError, match="allowed: eps, x0, v"):
+        save_model(tmp_path, _model(), schedule=DiscreteSchedule.linear(), prediction="epsilon")
+    with pytest.raises(ValueError, match="does not describe"):
+        save_model(tmp_path, _model(), UNetConfig(), DiscreteSchedule.linear())
+    with pytest.raises(TypeError, match="UNet"):
+        save_model(tmp_path, torch.nn.Linear(2, 2), schedule=DiscreteSchedule.linear())
+    assert not any(tmp_path.iterdir())  # nothing written on a failed call
+
+
+def test_a_failed_save_leaves_the_previous_model_intact(saved, monkeypatch):
+    path, model = saved
+    import safetensors.torch
+
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_model(path, _model(seed=5), schedule=DiscreteSchedule.linear())
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    x, t = _inputs()
+    assert torch.equal(load_model(path).model(x, t), model(x, t))
+
+
+def test_truncated_or_corrupted_weights(saved):
+    path, _ = saved
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFormatError, match="corrupted or truncated"):
+        load_model(path)
+    weights.write_bytes(b"\x00" * 3)
+    with pytest.raises(ModelFormatError, match="model.safetensors"):
+        load_model(path)
+
+
+def test_missing_files(saved, tmp_path):
+    path, _ = saved
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        load_model(tmp_path / "nothing")
+    (path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load_model(path)
+    (path / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(path)
+
+
+def test_bad_config_json(saved):
+    path, _ = saved
+    config = path / "config.json"
+    doc = json.loads(config.read_text())
+    config.write_text("{not json")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        load_model(path)
+    config.write_text(json.dumps({**doc, "format": "something"}))
+    with pytest.raises(ModelFormatError, match="not a ddim_ode model config"):
+        load_model(path)
+    config.write_text(json.dumps({**doc, "unet": {**doc["unet"], "heads": 2}}))
+    with pytest.raises(ModelFormatError, match="unknown UNetConfig keys"):
+        load_model(path)
+    config.write_text(json.dumps({k: v for k, v in doc.items() if k != "schedule"}))
+    with pytest.raises(ModelFormatError, match="schedule"):
+        load_model(path)
+
+
+def test_weights_for_another_architecture_name_the_parameter(saved):
+    path, _ = saved
+    config = path / "config.json"
+    doc = json.loads(config.read_text())
+    config.write_text(json.dumps({**doc, "unet": {**doc["unet"], "base_channels": 16}}))
+    with pytest.raises(ModelFormatError, match=r"parameter 'time_mlp\.0\.weight' has shape \(32, 8\) in the file"):
+        load_model(path)
+    config.write_text(json.dumps({**doc, "unet": {**doc["unet"], "num_res_blocks": 2}}))
+    with pytest.raises(ModelFormatError, match="another architecture: missing"):
+        load_model(path)
+    config.write_text(json.dumps({**doc, "unet": {**doc["unet"], "attention": False}}))
+    with pytest.raises(ModelFormatError, match="unexpected parameters"):
+        load_model(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# plain state dicts
+
+
+def test_state_dict_loads_weights_only(tmp_path):
+    model = _model()
+    x, t = _inputs()
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    assert torch.equal(load_torch_state_dict(tmp_path / "sd.pt", TINY)(x, t), model(x, t))
+    other = _model(seed=9)
+    torch.save({"ema": model.state_dict(), "model": other.state_dict(), "step": 3}, tmp_path / "ckpt.pt")
+    assert torch.equal(load_torch_state_dict(tmp_path / "ckpt.pt", TINY)(x, t), model(x, t))
+    with pytest.raises(ModelFormatError, match="another architecture"):
+        load_torch_state_dict(tmp_path / "sd.pt", UNetConfig())
+    torch.save({"step": 3}, tmp_path / "empty.pt")
+    with pytest.raises(ModelFormatError, match="holds no state dict"):
+        load_torch_state_dict(tmp_path / "empty.pt", TINY)
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "sd.pt").read_bytes()[:100])
+    with pytest.raises(ModelFormatError, match="corrupted or truncated"):
+        load_torch_state_dict(tmp_path / "trunc.pt", TINY)
+    with pytest.raises(FileNotFoundError):
+        load_torch_state_dict(tmp_path / "missing.pt", TINY)
+
+
+class _Exploit:
+    """Unpickling this would run ``os.system`` and create a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _malicious(tmp_path, name):
+    marker = tmp_path / "PWNED"
+    payload = tmp_path / name
+    with open(payload, "wb") as f:
+        pickle.dump({"conv_in.weight": torch.zeros(1), "evil": _Exploit(marker)}, f, protocol=2)
+    return payload, marker
+
+
+def test_a_code_executing_pickle_is_refused(tmp_path):
+    payload, marker = _malicious(tmp_path, "evil.pt")
+    with pytest.raises(ModelFormatError, match="refusing to load .*could execute code"):
+        load_torch_state_dict(payload, TINY)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# the built-in model
+
+
+def test_load_default():
+    model, schedule, meta = load_default()
+    assert isinstance(model, UNet) and model.config.resolution == 8 and model.config.in_channels == 1
+    assert isinstance(schedule, DiscreteSchedule) and schedule.num_timesteps == 1000
+    assert torch.equal(schedule.alphas_cumprod, DiscreteSchedule.linear(1e-4, 0.02, 1000).alphas_cumprod)
+    assert meta["prediction"] == "eps" and meta["data"]["scaling"] == "pixel / 16 * 2 - 1"
+    training = meta["training"]
+    assert training["command"].startswith("python -m ddim_ode.train --preset digits")
+    assert training["steps"] > 0 and training["wall_time_s"] > 0 and 0 < training["final_loss"] < 1
+    size = sum(p.stat().st_size for p in io.DEFAULT_MODEL_DIR.iterdir())
+    assert size < 8 * 2**20
+    assert load_any().model.config == model.config and load_any("default").metadata["source"] == meta["source"]
+
+
+def test_load_any_dispatch(saved, tmp_path):
+    path, model = saved
+    x, t = _inputs()
+    assert torch.equal(load_any(path).model(x, t), model(x, t))
+    with pytest.raises(FileNotFoundError):
+        load_any(tmp_path / "nothing")
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(ModelFormatError, match="allowed: 'default'"):
+        load_any(tmp_path / "junk")
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusers
+
+
+def _diffusers_unet(tmp_path, scheduler: dict | None = None, where: str = "pipeline"):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8,
+    ).eval()
+    root = tmp_path / "pipe"
+    unet.save_pretrained(root / "unet")
+    if scheduler is not None:
+        sched = diffusers.DDPMScheduler(**scheduler)
+        sched.save_config(root / "scheduler" if where == "pipeline" else root / "unet")
+    return unet, root
+
+
+def test_diffusers_unet_follows_the_model_contract(tmp_path):
+    unet, root = _diffusers_unet(tmp_path, {"beta_schedule": "linear", "num_train_timesteps": 1000})
+    rng = torch.get_rng_state()
+    model, schedule, meta = load_diffusers_unet(root)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert isinstance(model, DiffusersEpsModel)
+    x, t = _inputs()
+    with torch.no_grad():
+        expected = unet(x, t).sample
+    assert torch.allclose(model(x, t), expected, atol=1e-6)
+    assert model(x.double(), t).dtype == torch.float64
+    assert torch.equal(schedule.alphas_cumprod, DiscreteSchedule.linear().alphas_cumprod)
+    assert meta["prediction_type"] == "epsilon" and meta["prediction"] == "eps" and meta["format"] == "diffusers"
+    assert meta["sample_shape"] == [1, 8, 8]
+    # the UNet folder itself, with the scheduler found in ../scheduler; and load_any's dispatch
+    assert torch.allclose(load_diffusers_unet(root / "unet").model(x, t), expected, atol=1e-6)
+    assert torch.allclose(load_any(root / "unet").model(x, t), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "expected"),
+    [
+        (
+            {"beta_schedule": "linear", "beta_start": 2e-4, "beta_end": 0.03, "num_train_timesteps": 500},
+            lambda: DiscreteSchedule.linear(2e-4, 0.03, 500),
+        ),
+        (
+            {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+            lambda: DiscreteSchedule(betas=torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2),
+        ),
+        ({"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 1000}, lambda: DiscreteSchedule.cosine(1000)),
+        (
+            {"trained_betas": [0.01 * (i + 1) for i in range(20)], "num_train_timesteps": 20},
+            lambda: DiscreteSchedule(betas=[0.01 * (i + 1) for i in range(20)]),
+        ),
+    ],
+    ids=["linear", "scaled_linear", "squaredcos_cap_v2", "trained_betas"],
+)
+def test_diffusers_schedules_match_diffusers(tmp_path, scheduler, expected):
+    diffusers = pytest.importorskip("diffusers")
+    _, root = _diffusers_unet(tmp_path, scheduler, where="unet")
+    schedule = load_diffusers_unet(root / "unet").schedule
+    assert torch.allclose(schedule.alphas_cumprod, expected().alphas_cumprod, rtol=1e-12)
+    reference = diffusers.DDPMScheduler(**scheduler).alphas_cumprod.double()  # diffusers computes in float32
+    assert torch.allclose(schedule.alphas_cumprod, reference, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "ours"), [("epsilon", "eps"), ("v_prediction", "v"), ("sample", "x0")])
+def test_diffusers_prediction_types(tmp_path, name, ours):
+    _, root = _diffusers_unet(tmp_path, {"prediction_type": name})
+    meta = load_diffusers_unet(root).metadata
+    assert (meta["prediction_type"], meta["prediction"]) == (name, ours)
+
+
+def test_diffusers_errors(tmp_path):
+    _, root = _diffusers_unet(tmp_path, None)
+    with pytest.raises(FileNotFoundError, match="scheduler_config.json.*schedule="):
+        load_diffusers_unet(root)
+    explicit = DiscreteSchedule.cosine(100)
+    assert load_diffusers_unet(root, schedule=explicit).schedule is explicit
+
+    sched_dir = root / "scheduler"
+    sched_dir.mkdir()
+    (sched_dir / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "sigmoid"}))
+    with pytest.raises(ModelFormatError, match="allowed: linear, scaled_linear, squaredcos_cap_v2"):
+        load_diffusers_unet(root)
+    (sched_dir / "scheduler_config.json").write_text(json.dumps({"prediction_type": "score"}))
+    with pytest.raises(ModelFormatError, match="allowed: epsilon, v_prediction, sample"):
+        load_diffusers_unet(root)
+
+    config = root / "unet" / "config.json"
+    doc = json.loads(config.read_text())
+    (sched_dir / "scheduler_config.json").unlink()
+    config.write_text(json.dumps({**doc, "_class_name": "UNet2DConditionModel"}))
+    with pytest.raises(ModelFormatError, match="allowed: 'UNet2DModel'"):
+        load_diffusers_unet(root, schedule=explicit)
+    config.write_text(json.dumps({**doc, "block_out_channels": [8, 32]}))
+    with pytest.raises(ModelFormatError, match="parameter .* has shape"):
+        load_diffusers_unet(root, schedule=explicit)
+
+
+def test_diffusers_bin_weights_are_loaded_weights_only(tmp_path):
+    unet, root = _diffusers_unet(tmp_path, {})
+    weights = root / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.unlink()
+    torch.save(unet.state_dict(), root / "unet" / "diffusion_pytorch_model.bin")
+    x, t = _inputs()
+    with torch.no_grad():
+        assert torch.allclose(load_diffusers_unet(root).model(x, t), unet(x, t).sample, atol=1e-6)
+    payload, marker = _malicious(tmp_path, "evil.bin")
+    os.replace(payload, root / "unet" / "diffusion_pytorch_model.bin")
+    with pytest.raises(ModelFormatError, match="refusing to load"):
+        load_diffusers_unet(root)
+    assert not marker.exists()

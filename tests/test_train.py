@@ -1,0 +1,232 @@
+"""DDPM training (checkpoints, resume, reproducibility, outputs) and the training-data loaders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ddim_ode.data import DIGITS_HELDOUT, load_array, load_dataset, load_digits, load_png_folder
+from ddim_ode.io import load_model
+from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule
+from ddim_ode.train import CHECKPOINT_FILE, LOSS_PLOT_FILE, main, train
+from ddim_ode.unet import UNetConfig
+
+TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4)
+SHORT = DiscreteSchedule.linear(1e-4, 0.02, 100)
+
+
+def _data(n: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _fit(**kw):
+    args = {"config": TINY, "schedule": SHORT, "steps": 6, "batch_size": 8, "warmup_steps": 2, "progress": False}
+    args.update(kw)
+    return train(args.pop("data", _data()), **args)
+
+
+# ----------------------------------------------------------------------------------------------
+# training
+
+
+def test_train_returns_ema_model_and_losses():
+    result = _fit(steps=8)
+    assert result.steps == 8 and len(result.losses) == 8
+    assert all(np.isfinite(result.losses)) and np.isfinite(result.final_loss)
+    assert result.final_loss == pytest.approx(np.mean(result.losses))
+    assert result.out_dir is None
+    assert not result.model.training
+    ema, raw = dict(result.model.named_parameters()), dict(result.raw_model.named_parameters())
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)  # the EMA lags behind the raw weights
+    out = result.model(_data(2), torch.tensor([3.0, 50.5]))
+    assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+
+
+def test_loss_decreases_on_a_simple_data_set():
+    x = torch.where(torch.arange(64).reshape(1, 1, 8, 8) % 2 == 0, 1.0, -1.0).expand(16, 1, 8, 8)
+    result = _fit(data=x, steps=60, lr=2e-3, batch_size=16, warmup_steps=5)
+    assert np.mean(result.losses[-10:]) < 0.6 * np.mean(result.losses[:10])
+
+
+def test_reproducible_and_leaves_global_rng_alone():
+    state = torch.get_rng_state()
+    a = _fit(seed=3, config=UNetConfig(**{**TINY.to_dict(), "dropout": 0.1}))
+    assert torch.equal(torch.get_rng_state(), state)
+    b = _fit(seed=3, config=UNetConfig(**{**TINY.to_dict(), "dropout": 0.1}))
+    c = _fit(seed=4)
+    assert a.losses == b.losses and a.losses != c.losses
+
+
+def test_outputs_and_resume_match_an_uninterrupted_run(tmp_path):
+    cfg = UNetConfig(**{**TINY.to_dict(), "dropout": 0.1})  # dropout uses the (forked) global RNG: resumed too
+    first = _fit(out_dir=tmp_path, steps=4, checkpoint_every=2, config=cfg)
+    assert first.out_dir == tmp_path
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([CHECKPOINT_FILE, LOSS_PLOT_FILE, "config.json", "model.safetensors"])  # no temp files left
+    assert (tmp_path / LOSS_PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    assert ckpt["step"] == 4 and len(ckpt["losses"]) == 4
+
+    resumed = _fit(out_dir=tmp_path, steps=7, checkpoint_every=2, config=cfg)
+    straight = _fit(steps=7, config=cfg)
+    assert resumed.steps == 7 and resumed.losses == straight.losses
+    for (name, p), q in zip(resumed.model.named_parameters(), straight.model.parameters()):
+        assert torch.equal(p, q), name
+
+    doc = json.loads((tmp_path / "config.json").read_text())
+    assert doc["training"]["steps"] == 7 and doc["training"]["seed"] == 0
+    assert doc["training"]["final_loss"] == pytest.approx(resumed.final_loss, rel=1e-5)
+    assert doc["data"]["shape"] == [1, 8, 8]
+    model, schedule, _ = load_model(tmp_path)
+    assert torch.equal(schedule.alphas_cumprod, SHORT.alphas_cumprod)
+    x, t = _data(2), torch.tensor([1.0, 60.0])
+    assert torch.allclose(model(x, t), resumed.model(x, t))
+
+
+def test_resume_refuses_another_architecture(tmp_path):
+    _fit(out_dir=tmp_path, steps=2)
+    with pytest.raises(ValueError, match="config"):
+        _fit(out_dir=tmp_path, steps=3, config=UNetConfig(**{**TINY.to_dict(), "base_channels": 4}))
+    with pytest.raises(ValueError, match="schedule"):
+        _fit(out_dir=tmp_path, steps=3, schedule=DiscreteSchedule.cosine(100))
+    assert _fit(out_dir=tmp_path, steps=3, resume=False).steps == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"data": torch.zeros(4, 3, 8, 8)}, ValueError, "channels"),
+        ({"data": torch.zeros(4, 1, 16, 16)}, ValueError, "resolution"),
+        ({"data": torch.zeros(4, 8, 8)}, ValueError, r"\(N, C, H, W\)"),
+        ({"schedule": ContinuousSchedule.linear()}, TypeError, "DiscreteSchedule"),
+        ({"steps": 0}, ValueError, "steps"),
+        ({"ema_decay": 1.0}, ValueError, "ema_decay"),
+        ({"lr": 0.0}, ValueError, "lr"),
+    ],
+)
+def test_train_rejects_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _fit(**kwargs)
+
+
+def test_command_line_with_overrides(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "--out-dir",
+        str(out),
+        "--data",
+        str(_save_npy(tmp_path)),
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--base-channels",
+        "8",
+        "--channel-mults",
+        "1,2",
+        "--num-res-blocks",
+        "1",
+        "--num-timesteps",
+        "50",
+        "--no-progress",
+    ]
+    result = main(argv, prog="ddim-ode train")
+    assert result.steps == 3 and "final_loss" in capsys.readouterr().out
+    model, schedule, meta = load_model(out)
+    assert schedule.num_timesteps == 50
+    assert model.config.base_channels == 8 and model.config.num_res_blocks == 1
+    assert meta["training"]["command"].startswith("ddim-ode train --out-dir")
+
+
+def _save_npy(tmp_path):
+    path = tmp_path / "images.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, size=(10, 8, 8), dtype=np.uint8))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def test_digits_split_and_scaling():
+    pytest.importorskip("sklearn")
+    from sklearn.datasets import load_digits as sk_digits
+
+    train_x, held_x, all_x = load_dataset("digits"), load_digits("heldout"), load_digits("all")
+    assert train_x.shape == (1797 - DIGITS_HELDOUT, 1, 8, 8) and held_x.shape == (DIGITS_HELDOUT, 1, 8, 8)
+    assert train_x.dtype == torch.float32
+    assert torch.equal(torch.cat([train_x, held_x]), all_x)
+    raw = torch.from_numpy(sk_digits().images).float()
+    assert torch.allclose(all_x[:, 0], raw / 16 * 2 - 1)
+    assert all_x.min() == -1 and all_x.max() == 1
+
+
+def test_digits_error_names_the_extra(monkeypatch):
+    import builtins
+
+    from ddim_ode import data
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError("no sklearn")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(ImportError, match=r"pip install ddim_ode\[digits\]"):
+        data.load_digits()
+    with pytest.raises(ValueError, match="allowed: train, heldout, all"):
+        data.load_digits("test")
+
+
+def test_array_files(tmp_path):
+    u8 = np.array([[[0, 255], [51, 204]]], dtype=np.uint8)
+    np.save(tmp_path / "a.npy", u8)
+    x = load_array(tmp_path / "a.npy")
+    assert x.shape == (1, 1, 2, 2) and torch.allclose(x[0, 0], torch.tensor([[-1.0, 1.0], [-0.6, 0.6]]))
+    np.savez(tmp_path / "b.npz", images=np.zeros((2, 3, 4, 4), np.float32), labels=np.arange(2))
+    assert load_array(tmp_path / "b.npz").shape == (2, 3, 4, 4)
+    np.savez(tmp_path / "c.npz", pics=np.zeros((2, 4, 4), np.float32))  # the only array: any name
+    assert load_array(tmp_path / "c.npz").shape == (2, 1, 4, 4)
+    np.savez(tmp_path / "d.npz", a=np.zeros((2, 4, 4)), b=np.zeros((2, 4, 4)))
+    with pytest.raises(KeyError, match="images"):
+        load_array(tmp_path / "d.npz")
+    np.save(tmp_path / "e.npy", np.full((2, 4, 4), 3.0))
+    with pytest.raises(ValueError, match=r"scaled to \[-1, 1\]"):
+        load_array(tmp_path / "e.npy")
+    np.save(tmp_path / "f.npy", np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="shape"):
+        load_array(tmp_path / "f.npy")
+    with pytest.raises(FileNotFoundError):
+        load_array(tmp_path / "missing.npy")
+    with pytest.raises(ValueError, match="allowed: 'digits'"):
+        load_dataset(tmp_path / "e.txt")
+
+
+def test_png_folder(tmp_path):
+    from PIL import Image
+
+    gray = tmp_path / "gray"
+    gray.mkdir()
+    Image.fromarray(np.full((6, 4), 255, np.uint8), mode="L").save(gray / "b.png")
+    Image.fromarray(np.zeros((6, 4), np.uint8), mode="L").save(gray / "a.png")
+    (gray / "notes.txt").write_text("ignored")
+    x = load_png_folder(gray)
+    assert x.shape == (2, 1, 6, 4) and x[0].max() == -1 and x[1].min() == 1  # sorted by name
+    assert torch.equal(load_dataset(gray), x)
+
+    Image.fromarray(np.zeros((6, 4, 3), np.uint8), mode="RGB").save(gray / "c.png")
+    assert load_png_folder(gray).shape == (3, 3, 6, 4)  # any colour image turns all into RGB
+
+    Image.fromarray(np.zeros((5, 4), np.uint8), mode="L").save(gray / "d.png")
+    with pytest.raises(ValueError, match="same size.*d.png"):
+        load_png_folder(gray)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .png"):
+        load_png_folder(tmp_path / "empty")
+    with pytest.raises(NotADirectoryError):
+        load_png_folder(tmp_path / "missing")
