@@ -17,7 +17,7 @@ def to_unit(x: Tensor) -> np.ndarray:
     return arr[:, 0] if arr.shape[1] == 1 else arr.transpose(0, 2, 3, 1)
 
 
-def image_grid(images: np.ndarray, ncol: int, scale: int = 8, pad: int = 1, pad_value: float = 1.0) -> np.ndarray:
+def image_grid(images: np.ndarray, ncol: int, scale: int = 8, pad: int = 3, pad_value: float = 1.0) -> np.ndarray:
     """Tile ``(N, H, W[, 3])`` images in [0, 1] into one array, each pixel enlarged ``scale`` times."""
     n = images.shape[0]
     if n == 0:

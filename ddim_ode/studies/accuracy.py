@@ -23,7 +23,16 @@ from ..grids import make_grid
 from ..integrate import integrate
 from ..schedules import DiscreteSchedule
 from ..solvers import SOLVERS, get_solver
-from .common import environment, fit_order, markdown_table, progress, pyplot, save_figure, write_json
+from .common import (
+    check_solvers,
+    environment,
+    finish,
+    fit_order,
+    markdown_table,
+    progress,
+    pyplot,
+    save_figure,
+)
 
 __all__ = ["accuracy_study", "plot_accuracy", "accuracy_table", "PROBLEMS"]
 
@@ -102,10 +111,7 @@ def accuracy_study(
     for d in directions:
         if d not in ("decode", "encode"):
             raise ValueError(f"unknown direction {d!r}; allowed: decode, encode")
-    names = list(solvers) if solvers else sorted(SOLVERS)
-    for name in names:
-        if name not in SOLVERS:
-            raise ValueError(f"unknown solver {name!r}; available: {', '.join(sorted(SOLVERS))}")
+    names = check_solvers(solvers) if solvers else sorted(SOLVERS)
     names = [n for n in names if not getattr(get_solver(n), "stochastic", False) and n not in ("ddim", "ddpm")]
     results: list[dict[str, Any]] = []
     references: list[dict[str, Any]] = []
@@ -209,10 +215,7 @@ def accuracy_study(
         "results": results,
         "orders": orders,
     }
-    out = Path(out_dir)
-    write_json(out / "accuracy.json", doc)
-    plot_accuracy(doc, out)
-    return doc
+    return finish(doc, out_dir, plot_accuracy)
 
 
 def plot_accuracy(doc: dict[str, Any], out_dir: str | Path) -> Path:

@@ -26,6 +26,10 @@ __all__ = [
     "fit_order",
     "markdown_table",
     "DTYPES",
+    "check_dtype",
+    "check_solvers",
+    "event_shape",
+    "finish",
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -131,3 +135,38 @@ def markdown_table(header: list[str], rows: list[list[Any]], fmt: Callable[[Any]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def check_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def check_solvers(names: Iterable[str]) -> list[str]:
+    from ..solvers import SOLVERS
+
+    out = list(names)
+    for name in out:
+        if name not in SOLVERS:
+            raise ValueError(f"unknown solver {name!r}; available: {', '.join(sorted(SOLVERS))}")
+    return out
+
+
+def event_shape(meta: dict[str, Any]) -> tuple[int, ...]:
+    """The (C, H, W) of a loaded model's samples (the built-in model: (1, 8, 8))."""
+    if meta.get("sample_shape"):
+        return tuple(int(v) for v in meta["sample_shape"])
+    unet = meta.get("unet", {})
+    return (int(unet.get("in_channels", 1)), int(unet.get("resolution", 8)), int(unet.get("resolution", 8)))
+
+
+def finish(
+    doc: dict[str, Any], out_dir: str | Path, plot: Callable[[dict[str, Any], Path], Any] | None
+) -> dict[str, Any]:
+    """Write ``<study>.json`` into ``out_dir`` and draw its plot; returns ``doc``."""
+    out = Path(out_dir)
+    write_json(out / f"{doc['study']}.json", doc)
+    if plot is not None:
+        plot(doc, out)
+    return doc

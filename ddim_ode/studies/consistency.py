@@ -17,7 +17,7 @@ import torch
 from .._files import save_png
 from ..images import image_grid, slerp, to_unit
 from ..integrate import decode
-from .common import DTYPES, environment, resolve_model, write_json
+from .common import check_dtype, environment, event_shape, finish, resolve_model
 
 __all__ = ["consistency_study"]
 
@@ -44,15 +44,12 @@ def consistency_study(
     (rows: latent pairs; columns: slerp weights), plus ``consistency.json`` with the RMS distance of
     each column to the last (largest n). ``quick``: 2 rows, n ∈ {5, 10, 20}, 5 frames, 10 steps."""
     dev = torch.device(device)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    dt = DTYPES[dtype]
+    dt = check_dtype(dtype)
     if quick:
         rows, steps, frames, interp_steps = 2, (5, 10, 20), 5, 10
     model_, schedule_, prediction_, meta = resolve_model(model, schedule, dev, prediction)
     if shape is None:
-        unet = meta.get("unet", {})
-        shape = (unet.get("in_channels", 1), unet.get("resolution", 8), unet.get("resolution", 8))
+        shape = event_shape(meta)
     kw: dict[str, Any] = dict(model=model_, schedule=schedule_, grid=grid, prediction=prediction_)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn((rows, *shape), generator=g).to(dev, dt)
@@ -87,5 +84,4 @@ def consistency_study(
         "environment": environment(dev, dt),
         "results": [{"steps": n, "rms_to_largest_n": d} for n, d in zip(steps, dist)],
     }
-    write_json(out / "consistency.json", doc)
-    return doc
+    return finish(doc, out, None)

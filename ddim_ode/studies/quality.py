@@ -23,14 +23,15 @@ from ..analytic import AnalyticModel
 from ..integrate import decode
 from ..solvers import SOLVERS, get_solver
 from .common import (
-    DTYPES,
+    check_dtype,
     environment,
+    event_shape,
+    finish,
     markdown_table,
     progress,
     pyplot,
     resolve_model,
     save_figure,
-    write_json,
 )
 
 __all__ = ["quality_study", "plot_quality", "quality_table", "sliced_wasserstein"]
@@ -102,9 +103,7 @@ def quality_study(
     Writes ``quality.json`` and ``quality.png`` to ``out_dir``.
     """
     dev = torch.device(device)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    dt = DTYPES[dtype]
+    dt = check_dtype(dtype)
     if quick:
         num, steps, etas, nfes, higher = min(num, 64), (10, 20), (0.0, 1.0), (10,), higher[:2]
     if analytic is not None:
@@ -116,8 +115,7 @@ def quality_study(
         metric = "sliced_wasserstein"
     else:
         model_, schedule_, prediction_, meta = resolve_model(model, schedule, dev, prediction)
-        unet = meta.get("unet", {})
-        shape = (unet.get("in_channels", 1), unet.get("resolution", 8), unet.get("resolution", 8))
+        shape = event_shape(meta)
         from ..data import load_digits
         from ..features import features, load_classifier
 
@@ -195,10 +193,7 @@ def quality_study(
         "environment": environment(dev, dt),
         "results": results,
     }
-    out = Path(out_dir)
-    write_json(out / "quality.json", doc)
-    plot_quality(doc, out)
-    return doc
+    return finish(doc, out_dir, plot_quality)
 
 
 def plot_quality(doc: dict[str, Any], out_dir: str | Path) -> Path:

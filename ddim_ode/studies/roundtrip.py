@@ -19,14 +19,15 @@ from ..images import image_grid, to_unit
 from ..integrate import decode, encode
 from ..solvers import SOLVERS, get_solver
 from .common import (
-    DTYPES,
+    check_dtype,
+    check_solvers,
     environment,
+    finish,
     markdown_table,
     progress,
     pyplot,
     resolve_model,
     save_figure,
-    write_json,
 )
 
 __all__ = ["roundtrip_study", "plot_roundtrip", "DEFAULT_STEPS", "DEFAULT_SOLVERS"]
@@ -36,10 +37,7 @@ DEFAULT_SOLVERS = ("euler", "heun", "dpm-solver++2m", "unipc", "belm")
 
 
 def _available(names: tuple[str, ...] | list[str]) -> list[str]:
-    for name in names:
-        if name not in SOLVERS:
-            raise ValueError(f"unknown solver {name!r}; available: {', '.join(sorted(SOLVERS))}")
-    return [n for n in names if get_solver(n).can_encode]
+    return [n for n in check_solvers(names) if get_solver(n).can_encode]
 
 
 def roundtrip_study(
@@ -75,9 +73,7 @@ def roundtrip_study(
     best solver, differences) to ``out_dir``; returns the JSON document.
     """
     dev = torch.device(device)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    dt = DTYPES[dtype]
+    dt = check_dtype(dtype)
     model_, schedule_, prediction_, _ = resolve_model(model, schedule, dev, prediction)
     if quick:
         num, steps = min(num, 8), (5, 10, 20)
@@ -141,8 +137,7 @@ def roundtrip_study(
         "results": results,
     }
     out = Path(out_dir)
-    write_json(out / "roundtrip.json", doc)
-    plot_roundtrip(doc, out)
+    finish(doc, out, plot_roundtrip)
     if panels:
         _image_panel(x0.cpu(), panels, doc, out / "roundtrip_images.png")
     return doc

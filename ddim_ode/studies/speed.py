@@ -19,14 +19,16 @@ from torch import Tensor
 from ..integrate import decode
 from ..solvers import SOLVERS, get_solver
 from .common import (
-    DTYPES,
+    check_dtype,
+    check_solvers,
     environment,
+    event_shape,
+    finish,
     markdown_table,
     progress,
     pyplot,
     resolve_model,
     save_figure,
-    write_json,
 )
 
 __all__ = ["speed_study", "plot_speed", "speed_table", "TimedModel", "ZeroCostModel"]
@@ -80,19 +82,13 @@ def speed_study(
     (default: the built-in one) and on :class:`ZeroCostModel`; medians over ``repeats`` runs.
     ``quick``: batch sizes {1, 16}, one repeat, 5 steps. Writes ``speed.json`` and ``speed.png``."""
     dev = torch.device(device)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
-    dt = DTYPES[dtype]
+    dt = check_dtype(dtype)
     if quick:
         batch_sizes, repeats, steps = (1, 16), 1, 5
     model_, schedule_, prediction_, meta = resolve_model(model, schedule, dev, prediction)
     if shape is None:
-        unet = meta.get("unet", {})
-        shape = (unet.get("in_channels", 1), unet.get("resolution", 8), unet.get("resolution", 8))
-    names = list(solvers) if solvers else sorted(SOLVERS)
-    for name in names:
-        if name not in SOLVERS:
-            raise ValueError(f"unknown solver {name!r}; available: {', '.join(sorted(SOLVERS))}")
+        shape = event_shape(meta)
+    names = check_solvers(solvers) if solvers else sorted(SOLVERS)
     models = {"network": model_, "zero-cost": ZeroCostModel()}
     results = []
     jobs = [(m, name, b) for m in models for name in names for b in batch_sizes]
@@ -155,10 +151,7 @@ def speed_study(
         "environment": environment(dev, dt),
         "results": results,
     }
-    out = Path(out_dir)
-    write_json(out / "speed.json", doc)
-    plot_speed(doc, out)
-    return doc
+    return finish(doc, out_dir, plot_speed)
 
 
 def plot_speed(doc: dict[str, Any], out_dir: str | Path) -> Path:
