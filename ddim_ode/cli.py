@@ -145,7 +145,47 @@ def _load_images(path: str, shape: tuple[int, ...]) -> Tensor:
 # subcommands
 
 
+def _to_dir(args: argparse.Namespace, kind: str) -> None:
+    """``sample``/``encode`` with ``--out-dir``: resumable shards, on every rank of a torchrun job."""
+    from .distributed import encode_to_dir, process_group, sample_to_dir
+
+    with process_group() as info:
+        model, schedule, meta, dev = _load(args)
+        kw: dict[str, Any] = dict(
+            model=model,
+            schedule=schedule,
+            solver=args.solver,
+            n=args.steps,
+            grid=args.grid,
+            batch_size=args.batch_size,
+            shard_size=args.shard_size,
+            device=dev,
+            prediction=meta.get("prediction", "eps"),
+            solver_options=_solver_options(args.solver_option),
+            progress=not args.quiet and info.rank == 0,
+        )
+        if kind == "sample":
+            res = sample_to_dir(args.shard_dir, args.num, seed=args.seed, shape=_event_shape(meta), **kw)
+        else:
+            res = encode_to_dir(_load_images(args.input, _event_shape(meta)), args.shard_dir, **kw)
+    if info.rank == 0:
+        print(
+            f"{res.num} {'samples' if kind == 'sample' else 'latents'} in {res.out_dir}: "
+            f"{res.shards_skipped} of {res.shards_total} shards were already complete, "
+            f"{res.world_size} process(es), {res.seconds:.1f}s -> {res.merged}"
+        )
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from .distributed import merge_dir
+
+    print(f"merged {args.out_dir} -> {merge_dir(args.out_dir)}")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
+    if getattr(args, "shard_dir", None) is not None:
+        _to_dir(args, "sample")
+        return
     model, schedule, meta, dev = _load(args)
     kw = _run_kwargs(args, model, schedule, meta)
     x_T = _noise(args.num, _event_shape(meta), args.seed, dev)
@@ -168,6 +208,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
+    if getattr(args, "shard_dir", None) is not None:
+        _to_dir(args, "encode")
+        return
     model, schedule, meta, dev = _load(args)
     kw = _run_kwargs(args, model, schedule, meta)
     x0 = _load_images(args.input, _event_shape(meta)).to(dev)
@@ -340,6 +383,19 @@ def _common(p: argparse.ArgumentParser, steps: int = 20) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _sharded(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--out-dir",
+        dest="shard_dir",
+        default=None,
+        help="write resumable shards and a merged .npy into this folder instead of --out; "
+        "run under `torchrun --nproc-per-node K -m ddim_ode ...` to use K processes (see docs/scaling.md)",
+    )
+    p.add_argument(
+        "--shard-size", type=int, default=256, help="with --out-dir: indices per shard file and per network call"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddim-ode", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -351,14 +407,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="decode N noise samples to a PNG grid and a .npz")
     _common(p)
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument(
+        "--num",
+        "--num-samples",
+        dest="num",
+        type=int,
+        default=64,
+        help="number of samples (default 64); spell it --num-samples under torchrun, which takes --num itself",
+    )
     p.add_argument("--out", default="samples.png", help="output PNG; the arrays go to the same name .npz")
+    _sharded(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("encode", help="images -> latents (.npz)")
     _common(p)
     p.add_argument("--input", required=True, help="'digits', 'digits:heldout', a .npy/.npz file or a PNG folder")
     p.add_argument("--out", default="latents.npz", help="output .npz (default latents.npz)")
+    _sharded(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="latents (.npz from `encode`) -> images (PNG + .npz)")
@@ -401,13 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("merge", help="check that an --out-dir run is complete and merge its shards")
+    p.add_argument("out_dir", help="the folder given as --out-dir")
+    p.set_defaults(func=cmd_merge)
+
     p = sub.add_parser("solvers", help="list the solvers with order, NFE per step and paper")
     p.set_defaults(func=cmd_solvers)
     return parser
 
 
 def _validate(args: argparse.Namespace) -> None:
-    for name in ("steps", "num", "batch_size", "frames"):
+    for name in ("steps", "num", "batch_size", "frames", "shard_size"):
         val = getattr(args, name, None)
         if isinstance(val, list):
             val = min(val)

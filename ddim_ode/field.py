@@ -85,6 +85,26 @@ class ProbabilityFlowODE:
         self.exact = isinstance(model, SigmaModel)
         self.nfe = 0
         self._checked = False
+        self._t_of: dict[float, float] = {}  # t(σ), filled by prepare() and memoised per σ
+        self._ab_of: dict[float, float] = {}  # ᾱ(t) for x0/v-prediction, memoised per t
+
+    def prepare(self, sigmas: Tensor) -> None:
+        """Tabulate t(σ) at the points of a grid with one vectorised schedule call.
+
+        The solver loop then looks t up instead of calling the schedule once per network
+        evaluation (a scalar schedule call costs about as much as a small network's step).
+        Off-grid σ (Runge–Kutta stages) are computed on first use and memoised.
+        """
+        sig = sigmas.detach().to(torch.float64).cpu().reshape(-1)
+        self._t_of.update(zip(sig.tolist(), self.schedule.t(sig).tolist()))
+
+    def _t(self, sigma: float) -> float:
+        t = self._t_of.get(sigma)
+        if t is None:
+            t = float(self.schedule.t(sigma))
+            if len(self._t_of) < 65536:  # bounded: adaptive solvers visit ever new σ
+                self._t_of[sigma] = t
+        return t
 
     def __call__(self, xbar: Tensor, sigma: float) -> Tensor:
         """ε at (x̄, σ), which is dx̄/dσ; same shape and dtype as ``xbar``."""
@@ -94,17 +114,23 @@ class ProbabilityFlowODE:
             out = self.model.eps_xbar(xbar, sigma)  # type: ignore[union-attr]
             return self._check(out.to(xbar.dtype), xbar)
         x_t = xbar * (1.0 + sigma * sigma) ** -0.5
-        t = float(self.schedule.t(sigma))
+        t = self._t(sigma)
         if not self._checked:
             self._check_device(xbar)
         in_dtype = self.model_dtype or xbar.dtype
         t_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
         t_vec = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
-        out = self.model(x_t.to(in_dtype), t_vec)  # type: ignore[operator]
-        out = self._check(out, xbar).to(xbar.dtype)
+        out = self.model(x_t if x_t.dtype == in_dtype else x_t.to(in_dtype), t_vec)  # type: ignore[operator]
+        out = self._check(out, xbar)
+        if out.dtype != xbar.dtype:
+            out = out.to(xbar.dtype)
         if self.prediction == "eps":
             return out
-        ab = float(self.schedule.alpha_bar(t))
+        ab = self._ab_of.get(t)
+        if ab is None:
+            ab = float(self.schedule.alpha_bar(t))
+            if len(self._ab_of) < 65536:
+                self._ab_of[t] = ab
         a, s = ab**0.5, (1.0 - ab) ** 0.5
         if self.prediction == "v":  # ε = √(1−ᾱ) x_t + √ᾱ v
             return s * x_t + a * out

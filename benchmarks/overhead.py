@@ -1,0 +1,496 @@
+"""Per-NFE overhead of the integration loop: every solver vs a hand-written Euler loop and diffusers.
+
+    python benchmarks/overhead.py [--device cpu|cuda] [--batch-sizes 1 16 128] [--steps 50]
+                                  [--repeats 9] [--threads 1] [--out docs/results/overhead.json]
+                                  [--plot docs/img/overhead.png] [--profile SOLVER]
+
+The ε-model costs next to nothing (ε = 0.1 x_t), so the time per network evaluation (NFE) is the
+loop's own cost: grid and t(σ) look-ups, the field's scaling and casts, the solver's arithmetic,
+the finite check. Every loop below integrates the same model from the same x_T on the same
+timesteps (DDIM's ``range(0, T, T//n)`` from the top, then to ᾱ = 1):
+
+* ``hand-euler`` — the minimal Euler loop in DDIM coordinates (x̄ = x/√ᾱ, σ = √((1−ᾱ)/ᾱ)), with
+  the σ values and t tensors computed before the loop: the floor any driver can reach;
+* ``ddim_ode:<solver>`` — :func:`ddim_ode.decode` with each registered solver (default
+  ``check_finite=True``), and ``...[check_finite=False]`` for the deterministic fixed-grid ones;
+* ``proposed:<solver>`` — the same solver and field with the two driver changes proposed in
+  ``docs/scaling.md`` (t(σ) from a table filled once per solve; the per-step finite flag taken
+  from one sum instead of ``isfinite(x).all()``); outputs are checked equal to ``decode``'s;
+* ``diffusers:DDIM`` / ``DPMSolverMultistep`` / ``UniPCMultistep`` — diffusers' scheduler loops
+  (``set_timesteps`` + ``step`` per timestep), when diffusers is installed.
+
+All loops run side by side: each repeat times every loop once, in turn, and the table reports the
+median over repeats of the wall time per NFE and its ratio to ``hand-euler`` in the same repeat
+(median of the per-repeat ratios). The JSON holds the environment, the command line and every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import ddim_ode
+from ddim_ode import DiscreteSchedule, ProbabilityFlowODE, decode, make_grid
+from ddim_ode.solvers import SOLVERS, get_solver
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ZeroCost:
+    """ε = 0.1 x_t: one elementwise product, the same in every loop. Counts its calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        self.calls += 1
+        return x_t * 0.1
+
+
+class PrefilledField(ProbabilityFlowODE):
+    """:class:`ddim_ode.ProbabilityFlowODE` with the change proposed in ``docs/scaling.md``.
+
+    ``prepare(sigmas)`` tabulates t(σ) at every grid point with one vectorised schedule call, so an
+    evaluation at a grid point costs a dict look-up instead of a scalar schedule call (off-grid σ,
+    e.g. Runge–Kutta stages, are computed once and memoised); no-op casts are skipped. Otherwise
+    identical to the field's ``__call__`` (the benchmark checks that outputs are bit-identical).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._t_of: dict[float, float] = {}
+        self._ab_of: dict[float, float] = {}
+
+    def prepare(self, sigmas: Tensor) -> None:
+        sig = sigmas.detach().to(torch.float64).cpu().reshape(-1)
+        self._t_of.update(zip(sig.tolist(), self.schedule.t(sig).tolist()))
+
+    def _t(self, sigma: float) -> float:
+        t = self._t_of.get(sigma)
+        if t is None:
+            t = float(self.schedule.t(sigma))
+            if len(self._t_of) < 65536:
+                self._t_of[sigma] = t
+        return t
+
+    def __call__(self, xbar: Tensor, sigma: float) -> Tensor:
+        sigma = float(sigma)
+        if self.exact:
+            return super().__call__(xbar, sigma)
+        self.nfe += 1
+        x_t = xbar * (1.0 + sigma * sigma) ** -0.5
+        t = self._t(sigma)
+        if not self._checked:
+            self._check_device(xbar)
+        in_dtype = self.model_dtype or xbar.dtype
+        t_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
+        t_vec = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
+        out = self._check(self.model(x_t if x_t.dtype == in_dtype else x_t.to(in_dtype), t_vec), xbar)
+        if out.dtype != xbar.dtype:
+            out = out.to(xbar.dtype)
+        if self.prediction == "eps":
+            return out
+        ab = self._ab_of.get(t)
+        if ab is None:
+            ab = float(self.schedule.alpha_bar(t))
+            if len(self._ab_of) < 65536:
+                self._ab_of[t] = ab
+        a, s = ab**0.5, (1.0 - ab) ** 0.5
+        if self.prediction == "v":
+            return s * x_t + a * out
+        return (x_t - a * out) / s
+
+
+def proposed_solve(field: PrefilledField, xbar: Tensor, sigmas: Tensor, name: str) -> tuple[Tensor, int]:
+    """:func:`ddim_ode.solve` with the proposed changes: t table, and a finite check on one sum per step.
+
+    A sum is NaN/±Inf as soon as one element is (or on overflow, which at |sum| > 3e38 is a blow-up
+    too); the flags stay on the device and are read once at the end, as now.
+    """
+    slv = get_solver(name)
+    sig = sigmas.to(torch.float64).cpu()
+    field.prepare(sig)
+    flags: list[Tensor] = []
+    nfe0 = field.nfe
+    out, _ = slv.solve(field, xbar, sig, lambda i, s, xb: flags.append(xb.detach().sum()), None)
+    if flags and not bool(torch.isfinite(torch.stack(flags)).all()):
+        raise FloatingPointError("NaN/Inf appeared")
+    return out / math.sqrt(1.0 + float(sig[-1]) ** 2), field.nfe - nfe0
+
+
+# ---------------------------------------------------------------------------------------------
+# the loops: each returns (final x, NFE)
+
+
+def hand_euler(model: ZeroCost, schedule: DiscreteSchedule, n: int) -> Callable[[Tensor], tuple[Tensor, int]]:
+    sig = [float(s) for s in make_grid(schedule, "uniform", n)]
+    t_of = [float(schedule.t(s)) for s in sig[:-1]]
+
+    def run(x: Tensor) -> tuple[Tensor, int]:
+        ts = [torch.full((x.shape[0],), t, device=x.device) for t in t_of]
+        xbar = x * math.sqrt(1.0 + sig[0] ** 2)
+        for i in range(len(sig) - 1):
+            eps = model(xbar * (1.0 + sig[i] ** 2) ** -0.5, ts[i])
+            xbar = xbar + (sig[i + 1] - sig[i]) * eps
+        return xbar, len(sig) - 1
+
+    return run
+
+
+def ours(model: ZeroCost, schedule: DiscreteSchedule, n: int, name: str, check_finite: bool = True):  # type: ignore[no-untyped-def]
+    def run(x: Tensor) -> tuple[Tensor, int]:
+        sol = decode(x, name, n, model=model, schedule=schedule, check_finite=check_finite, return_solution=True)
+        return sol.x, sol.nfe  # type: ignore[union-attr]
+
+    return run
+
+
+def proposed(model: ZeroCost, schedule: DiscreteSchedule, n: int, name: str):  # type: ignore[no-untyped-def]
+    sig = make_grid(schedule, "uniform", n)
+    s0 = math.sqrt(1.0 + float(sig[0]) ** 2)
+
+    def run(x: Tensor) -> tuple[Tensor, int]:
+        return proposed_solve(PrefilledField(model, schedule), x * s0, sig, name)
+
+    return run
+
+
+def diffusers_loop(model: ZeroCost, kind: str, n: int, timesteps: list[int]):  # type: ignore[no-untyped-def]
+    import diffusers
+
+    common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    if kind == "DDIM":
+        sched = diffusers.DDIMScheduler(
+            **common, clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading"
+        )
+        setup = lambda dev: sched.set_timesteps(n, device=dev)
+    elif kind == "DPMSolverMultistep":
+        sched = diffusers.DPMSolverMultistepScheduler(**common)  # dpmsolver++, order 2, final sigma 0
+        setup = lambda dev: sched.set_timesteps(device=dev, timesteps=timesteps)
+    elif kind == "UniPCMultistep":
+        # UniPC takes custom timesteps only for flow models: its own "leading" spacing is used
+        # (other timesteps than the rest; the time per NFE does not depend on which)
+        sched = diffusers.UniPCMultistepScheduler(**common, timestep_spacing="leading")  # bh2, order 2
+        setup = lambda dev: sched.set_timesteps(n, device=dev)
+    else:
+        raise ValueError(kind)
+
+    def run(x: Tensor) -> tuple[Tensor, int]:
+        setup(x.device)
+        calls = model.calls
+        for t in sched.timesteps:
+            eps = model(x, t)
+            x = sched.step(eps, t, x).prev_sample
+        return x, model.calls - calls
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def environment(dev: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "load_average_1_5_15min_at_start": list(os.getloadavg()),
+        "ddim_ode": ddim_ode.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import diffusers
+
+        env["diffusers"] = diffusers.__version__
+    except ImportError:
+        env["diffusers"] = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            env["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    return env
+
+
+def build_loops(
+    model: ZeroCost, schedule: DiscreteSchedule, n: int, solvers: list[str], with_diffusers: bool
+) -> dict[str, Callable[[Tensor], tuple[Tensor, int]]]:
+    loops: dict[str, Callable[[Tensor], tuple[Tensor, int]]] = {"hand-euler": hand_euler(model, schedule, n)}
+    for name in solvers:
+        loops[f"ddim_ode:{name}"] = ours(model, schedule, n, name)
+        slv = get_solver(name)
+        if not slv.adaptive and not float(getattr(slv, "eta", 0.0) or 0.0) > 0:
+            loops[f"ddim_ode:{name}[check_finite=False]"] = ours(model, schedule, n, name, check_finite=False)
+            loops[f"proposed:{name}"] = proposed(model, schedule, n, name)
+    if with_diffusers:
+        sig = make_grid(schedule, "uniform", n)
+        ts = [int(round(float(schedule.t(float(s))))) for s in sig[:-1]]
+        for kind in ("DDIM", "DPMSolverMultistep", "UniPCMultistep"):
+            loops[f"diffusers:{kind}"] = diffusers_loop(model, kind, n, ts)
+    return loops
+
+
+def measure(
+    loops: dict[str, Callable[[Tensor], tuple[Tensor, int]]], x: Tensor, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, int], dict[str, Tensor]]:
+    """Seconds per NFE of every loop, per repeat (loops interleaved within each repeat)."""
+    dev = x.device
+    per_nfe: dict[str, list[float]] = {k: [] for k in loops}
+    nfe: dict[str, int] = {}
+    outs: dict[str, Tensor] = {}
+    for name, run in loops.items():  # warm-up (lazy initialisation, caches, allocator)
+        outs[name], nfe[name] = run(x.clone())
+    for _ in range(repeats):
+        for name, run in loops.items():
+            xin = x.clone()
+            _sync(dev)
+            t0 = time.perf_counter()
+            run(xin)
+            _sync(dev)
+            per_nfe[name].append((time.perf_counter() - t0) / nfe[name])
+    return per_nfe, nfe, outs
+
+
+def agreement_check(
+    outs: dict[str, Tensor], model: ZeroCost, schedule: DiscreteSchedule, n: int, x: Tensor
+) -> dict[str, float]:
+    """Largest difference of the final states, relative to the largest |x0|, of loops that should agree."""
+    scale = float(outs["hand-euler"].float().abs().max())
+    rel = lambda a, b: float((a.float() - b.float()).abs().max()) / scale
+    out = {}
+    for name in outs:
+        if name.startswith("proposed:"):
+            out[f"{name} vs ddim_ode:{name[9:]}"] = rel(outs[name], outs[f"ddim_ode:{name[9:]}"])
+    if "ddim_ode:euler" in outs:
+        out["ddim_ode:euler vs hand-euler"] = rel(outs["ddim_ode:euler"], outs["hand-euler"])
+    if "diffusers:DDIM" in outs and "ddim_ode:euler" in outs:
+        out["ddim_ode:euler vs diffusers:DDIM"] = rel(outs["ddim_ode:euler"], outs["diffusers:DDIM"])
+    if "diffusers:DPMSolverMultistep" in outs and "ddim_ode:dpm-solver++2m" in outs:
+        out["ddim_ode:dpm-solver++2m vs diffusers:DPMSolverMultistep"] = rel(
+            outs["ddim_ode:dpm-solver++2m"], outs["diffusers:DPMSolverMultistep"]
+        )
+    if "diffusers:UniPCMultistep" in outs and "unipc" in SOLVERS:
+        import diffusers
+
+        sched = diffusers.UniPCMultistepScheduler(
+            num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, timestep_spacing="leading"
+        )
+        sched.set_timesteps(n)
+        mine = decode(x, "unipc", n, model=model, schedule=schedule, timesteps=sched.timesteps.tolist())
+        out["ddim_ode:unipc vs diffusers:UniPCMultistep (its timesteps)"] = rel(mine, outs["diffusers:UniPCMultistep"])
+    return out
+
+
+def count_ops(run: Callable[[Tensor], tuple[Tensor, int]], x: Tensor) -> tuple[float, float]:
+    """(aten operations, operations producing a state-sized tensor) per NFE of one run.
+
+    On a GPU each is a kernel launch; the state-sized ones are what costs at large batch.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = [0, 0]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            counts[0] += 1
+            if isinstance(out, Tensor) and out.numel() == x.numel():
+                counts[1] += 1
+            return out
+
+    with Count():
+        _, nfe = run(x.clone())
+    return counts[0] / nfe, counts[1] / nfe
+
+
+def profile(name: str, model: ZeroCost, schedule: DiscreteSchedule, n: int, x: Tensor, top: int = 18) -> str:
+    """cProfile of ``decode`` with one solver: where the per-step time goes."""
+    run = ours(model, schedule, n, name)
+    run(x)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(20):
+        run(x)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 128])
+    p.add_argument("--shape", type=int, nargs="+", default=[3, 32, 32], help="event shape (default 3 32 32)")
+    p.add_argument("--steps", type=int, default=50, help="n (default 50)")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--solvers", nargs="*", default=None, help="default: every registered solver")
+    p.add_argument("--no-diffusers", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "overhead.json"))
+    p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "overhead.png"), help="'' for none")
+    p.add_argument("--profile", default=None, metavar="SOLVER", help="also print a cProfile of this solver at batch 1")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
+    if args.device == "auto" and dev.type != "cuda":
+        dev = torch.device("cpu")
+    with_diffusers = not args.no_diffusers
+    if with_diffusers:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            print("diffusers is not installed: its loops are left out", file=sys.stderr)
+            with_diffusers = False
+    names = args.solvers if args.solvers is not None else sorted(SOLVERS)
+    for name in names:
+        if name not in SOLVERS:
+            raise SystemExit(f"unknown solver {name!r}; available: {', '.join(sorted(SOLVERS))}")
+
+    env = environment(dev)
+    schedule = DiscreteSchedule.linear()
+    model = ZeroCost()
+    loops = build_loops(model, schedule, args.steps, names, with_diffusers)
+    rows: list[dict[str, Any]] = []
+    ops: dict[str, tuple[float, float]] = {}
+    agreement: dict[str, dict[str, float]] = {}
+    with torch.inference_mode():
+        for batch in args.batch_sizes:
+            x = torch.randn(batch, *args.shape, generator=torch.Generator().manual_seed(0)).to(dev)
+            per_nfe, nfe, outs = measure(loops, x, args.repeats)
+            if not ops:
+                ops = {name: count_ops(run, x) for name, run in loops.items()}
+            base = per_nfe["hand-euler"]
+            for name in loops:
+                ratios = [a / b for a, b in zip(per_nfe[name], base)]
+                rows.append(
+                    {
+                        "batch": batch,
+                        "loop": name,
+                        "nfe": nfe[name],
+                        "us_per_nfe": 1e6 * statistics.median(per_nfe[name]),
+                        "us_per_nfe_min": 1e6 * min(per_nfe[name]),
+                        "ratio_of_min_vs_hand_euler": min(per_nfe[name]) / min(base),
+                        "ratio_vs_hand_euler": statistics.median(ratios),
+                        "aten_ops_per_nfe": ops[name][0],
+                        "state_sized_ops_per_nfe": ops[name][1],
+                    }
+                )
+            agreement[str(batch)] = agreement_check(outs, model, schedule, args.steps, x)
+    result = {
+        "command": "python "
+        + " ".join(
+            [os.path.relpath(sys.argv[0], ROOT) if argv is None else "benchmarks/overhead.py"]
+            + (sys.argv[1:] if argv is None else argv)
+        ),
+        "environment": env,
+        "config": {
+            "model": "eps = 0.1 * x_t",
+            "schedule": "DiscreteSchedule.linear() (T=1000)",
+            "grid": "uniform (DDIM range(0, T, T//n), then to alpha_bar = 1)",
+            "steps": args.steps,
+            "shape": args.shape,
+            "dtype": "float32",
+            "repeats": args.repeats,
+            "statistic": "median over repeats; ratio = median of per-repeat ratios to hand-euler",
+        },
+        "rows": rows,
+        "load_average_1_5_15min_at_end": list(os.getloadavg()),
+        "max_rel_difference_of_outputs": agreement,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(table(result))
+    if args.plot:
+        plot(result, Path(args.plot))
+    if args.profile:
+        x = torch.randn(1, *args.shape).to(dev)
+        with torch.inference_mode():
+            print(profile(args.profile, model, schedule, args.steps, x))
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """Markdown table: one row per loop, µs/NFE and ratio to hand-euler per batch size."""
+    batches = sorted({r["batch"] for r in result["rows"]})
+    loops = list(dict.fromkeys(r["loop"] for r in result["rows"]))
+    by = {(r["loop"], r["batch"]): r for r in result["rows"]}
+    head = "| loop | NFE | ops/NFE (state-sized) | " + " | ".join(f"B={b}: µs/NFE (× hand)" for b in batches) + " |"
+    lines = [head, "|" + "---|" * (3 + len(batches))]
+    for name in loops:
+        r0 = by[name, batches[0]]
+        cells = [f"{by[name, b]['us_per_nfe']:.1f} ({by[name, b]['ratio_vs_hand_euler']:.2f}×)" for b in batches]
+        ops = f"{r0['aten_ops_per_nfe']:.1f} ({r0['state_sized_ops_per_nfe']:.1f})"
+        lines.append(f"| {name} | {r0['nfe']} | {ops} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in result["rows"]})
+    loops = list(dict.fromkeys(r["loop"] for r in result["rows"]))
+    by = {(r["loop"], r["batch"]): r for r in result["rows"]}
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 0.28 * len(loops) + 1.5), sharey=True)
+    for ax, b in zip(axes if len(batches) > 1 else [axes], batches):
+        vals = [by[name, b]["ratio_vs_hand_euler"] for name in loops]
+        colors = [
+            "0.5" if n == "hand-euler" else ("tab:orange" if n.startswith("diffusers") else "tab:blue") for n in loops
+        ]
+        ax.barh(range(len(loops)), vals, color=colors)
+        ax.axvline(1.5, color="red", lw=0.8, ls="--", label="1.5× target")
+        ax.set_xscale("log")
+        ax.set_title(f"batch {b}: time per NFE / hand-written Euler")
+        ax.set_yticks(range(len(loops)), loops, fontsize=7)
+        ax.invert_yaxis()
+    axes_list = axes if len(batches) > 1 else [axes]
+    axes_list[0].legend(fontsize=7)
+    env = result["environment"]
+    fig.suptitle(
+        f"loop overhead, ε = 0.1 x, n = {result['config']['steps']}, {env['device_name']}, "
+        f"{env['torch_threads']} thread(s)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Sharded, resumable sampling/encoding: identical output for any number of processes, any batch
+size and any interruption; resume refused when the arguments differ."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ddim_ode import DiscreteSchedule, decode, encode
+from ddim_ode.analytic import GaussianMixture
+from ddim_ode.distributed import (
+    MANIFEST,
+    ResumeError,
+    encode_to_dir,
+    index_noise,
+    merge_dir,
+    sample_to_dir,
+    shard_ranges,
+)
+from ddim_ode.solvers import SOLVERS, get_solver
+from ddim_ode.unet import UNet, UNetConfig
+
+NUM, SHARD, STEPS = 40, 8, 4  # 5 shards, the last one full; 20 network calls with euler
+SCHEDULE = DiscreteSchedule.linear()
+
+
+def tiny_unet(seed: int = 0) -> UNet:
+    """A small UNet with all weights perturbed (a fresh DDPM init outputs zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    model = UNet(UNetConfig(base_channels=8, num_res_blocks=1, resolution=8, attention=False), generator=g)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+class MLP(torch.nn.Module):
+    """A cheap ε-model on 6-D events."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = torch.nn.Parameter(torch.randn(8, 32, generator=g) * 0.4)
+        self.w2 = torch.nn.Parameter(torch.randn(32, 6, generator=g) * 0.4)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        tt = t.to(x_t.dtype)[:, None] / 1000.0
+        return torch.tanh(torch.cat([x_t, torch.sin(tt), torch.cos(tt)], 1) @ self.w1) @ self.w2
+
+
+def _run(out: Path, **kw) -> np.ndarray:
+    num = kw.pop("num", NUM)
+    args = dict(model=tiny_unet(), schedule=SCHEDULE, n=STEPS, shard_size=SHARD, seed=3, device="cpu") | kw
+    res = sample_to_dir(out, num, **args)
+    assert res.merged is not None
+    return np.load(res.merged)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Bits on the CPU depend on the thread count; the spawned workers use one thread too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(one_thread, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """One process, one shard per solver call."""
+    return _run(tmp_path_factory.mktemp("ref") / "run")
+
+
+# ---------------------------------------------------------------------------------------------
+# workers started in fresh processes (module level, so that "spawn" can import them)
+
+
+def _gloo_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        _run(Path(out), batch_size=2 * SHARD)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _killed_worker(out: str, at: int) -> None:
+    """Runs the reference job and kills itself with SIGKILL (no clean-up runs) on network call ``at``."""
+    torch.set_num_threads(1)
+    forward, calls = UNet.forward, [0]
+
+    def dying_forward(self: UNet, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return forward(self, x, t)
+
+    UNet.forward = dying_forward  # only in this process: the model itself (and its fingerprint) is unchanged
+    _run(Path(out))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_noise_depends_only_on_seed_and_index():
+    from ddim_ode.cli import _noise
+
+    full = index_noise(7, 0, 12, (1, 8, 8))
+    assert torch.equal(index_noise(7, 5, 12, (1, 8, 8)), full[5:])
+    assert torch.equal(_noise(12, (1, 8, 8), 7, torch.device("cpu")), full)  # the numbers of `ddim-ode sample`
+    assert not torch.equal(index_noise(8, 0, 12, (1, 8, 8)), full)
+    assert shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_single_process_output_is_independent_of_batch_size_and_num(reference, tmp_path):
+    assert reference.shape == (NUM, 1, 8, 8) and reference.dtype == np.float32
+    assert np.array_equal(_run(tmp_path / "grouped", batch_size=3 * SHARD), reference)  # 3 shards per solver call
+    assert np.array_equal(_run(tmp_path / "short", num=NUM - 13), reference[: NUM - 13])  # last shard padded
+    direct = decode(index_noise(3, SHARD, 2 * SHARD, (1, 8, 8)), "euler", STEPS, model=tiny_unet(), schedule=SCHEDULE)
+    assert np.array_equal(direct.detach().numpy(), reference[SHARD : 2 * SHARD])
+    assert (tmp_path / "grouped" / "samples.png").is_file()
+
+
+def test_two_gloo_processes_match_one_process(reference, tmp_path):
+    out = tmp_path / "two"
+    torch.multiprocessing.spawn(_gloo_worker, args=(2, str(tmp_path / "pg"), str(out)), nprocs=2, join=True)
+    assert np.array_equal(np.load(out / "samples.npy"), reference)
+    assert len(list(out.glob("shard-*.npz"))) == NUM // SHARD
+
+
+def test_killed_run_resumes_to_the_uninterrupted_output(reference, tmp_path):
+    out = tmp_path / "killed"
+    proc = multiprocessing.get_context("spawn").Process(target=_killed_worker, args=(str(out), 2 * STEPS + 2))
+    proc.start()
+    proc.join(timeout=120)
+    assert proc.exitcode == -signal.SIGKILL
+    done = sorted(p.name for p in out.glob("shard-*.npz"))
+    assert done == ["shard-00000000-00000008.npz", "shard-00000008-00000016.npz"]  # killed inside the third
+    assert not (out / "samples.npy").exists()
+    stale = out / ".shard-00000016-00000024.npz.x1y2.tmp.npz"  # what a kill during a write leaves
+    stale.write_bytes(b"half")
+    calls: list[tuple[int, int]] = []
+    res = sample_to_dir(
+        out,
+        NUM,
+        model=tiny_unet(),
+        schedule=SCHEDULE,
+        n=STEPS,
+        shard_size=SHARD,
+        seed=3,
+        device="cpu",
+        batch_size=2 * SHARD,
+        progress=lambda k, total: calls.append((k, total)),
+    )
+    assert (res.shards_skipped, res.shards_computed, res.nfe) == (2, 3, 2 * STEPS)
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    assert np.array_equal(np.load(out / "samples.npy"), reference)
+    assert not stale.exists()
+
+
+def test_resume_with_other_arguments_is_refused(tmp_path):
+    ring = GaussianMixture.ring()
+    kw = dict(model=ring, schedule=SCHEDULE, n=3, shard_size=4, seed=1, device="cpu")
+    first = sample_to_dir(tmp_path, 10, **kw)
+    assert first.shards_computed == 3
+    for change, name in (
+        ({"n": 4}, "n:"),
+        ({"seed": 2}, "seed:"),
+        ({"shard_size": 5}, "shard_size:"),
+        ({"model": GaussianMixture.ring(k=6)}, "model:"),
+        ({"solver": "heun"}, "solver:"),
+    ):
+        with pytest.raises(ResumeError, match=f"refusing to resume.*{name}"):
+            sample_to_dir(tmp_path, 10, **(kw | change))
+    with pytest.raises(ResumeError, match="num:"):
+        sample_to_dir(tmp_path, 11, **kw)
+    again = sample_to_dir(tmp_path, 10, **(kw | {"batch_size": 8}))  # batch size is not an argument of the result
+    assert (again.shards_skipped, again.shards_computed) == (3, 0)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "shard-00000000-00000004.npz").write_bytes(b"")
+    with pytest.raises(ResumeError, match="no manifest.json"):
+        sample_to_dir(foreign, 10, **kw)
+
+
+def test_corrupt_shard_is_recomputed_and_missing_indices_are_named(tmp_path):
+    kw = dict(model=MLP(), schedule=SCHEDULE, n=3, shard_size=4, shape=(6,), device="cpu")
+    ref = np.load(sample_to_dir(tmp_path, 10, **kw).merged)
+    shard = tmp_path / "shard-00000004-00000008.npz"
+    shard.write_bytes(shard.read_bytes()[:-20])  # a truncated file (e.g. a disk error)
+    res = sample_to_dir(tmp_path, 10, **kw)
+    assert (res.shards_skipped, res.shards_computed) == (2, 1)
+    assert np.array_equal(np.load(res.merged), ref)
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match="misses indices 4-7"):
+        merge_dir(tmp_path)
+    (tmp_path / MANIFEST).unlink()
+    with pytest.raises(ResumeError):
+        merge_dir(tmp_path)
+
+
+FIXED_GRID = sorted(name for name, f in SOLVERS.items() if not f().adaptive)
+
+
+@pytest.mark.parametrize("solver", FIXED_GRID)
+def test_every_fixed_grid_solver_is_independent_of_batch_size(solver, tmp_path):
+    kw = dict(model=MLP(), schedule=SCHEDULE, n=4, shard_size=3, shape=(6,), solver=solver, device="cpu")
+    one = np.load(sample_to_dir(tmp_path / "a", 10, **kw).merged)
+    grouped = np.load(sample_to_dir(tmp_path / "b", 10, batch_size=9, **kw).merged)
+    assert np.isfinite(one).all()
+    assert np.array_equal(one, grouped)
+
+
+def test_encode_to_dir_matches_encode_per_shard(tmp_path):
+    mix = GaussianMixture.random(k=3, dim=6, seed=0)
+    data = mix.sample(11, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    kw = dict(model=mix, schedule=SCHEDULE, n=5, shard_size=4, device="cpu")
+    lat = np.load(encode_to_dir(data, tmp_path / "a", **kw).merged)
+    assert np.array_equal(np.load(encode_to_dir(data, tmp_path / "b", batch_size=12, **kw).merged), lat)
+    first = encode(data[:4], "euler", 5, model=mix, schedule=SCHEDULE)
+    assert np.array_equal(first.numpy(), lat[:4])
+    with pytest.raises(ResumeError, match="data_sha256"):
+        encode_to_dir(data + 1, tmp_path / "a", **kw)
+
+
+@pytest.mark.skipif("belm" not in SOLVERS, reason="no reversible solver registered")
+def test_encode_to_dir_keeps_a_reversible_solver_state(tmp_path):
+    mix = GaussianMixture.random(k=3, dim=6, seed=0)
+    data = mix.sample(8, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
+    encode_to_dir(data, tmp_path, model=mix, schedule=SCHEDULE, n=5, shard_size=4, solver="belm", device="cpu")
+    sol = encode(data[:4], "belm", 5, model=mix, schedule=SCHEDULE, return_solution=True)
+    rows = {f.name: getattr(sol.state, f.name) for f in dataclasses.fields(sol.state)}
+    tensors = {k: v for k, v in rows.items() if isinstance(v, torch.Tensor)}
+    assert tensors
+    for name, value in tensors.items():
+        assert np.array_equal(np.load(tmp_path / f"aux_{name}.npy")[:4], value.numpy())
+
+
+def test_stochastic_solver_noise_is_seeded_per_shard(tmp_path):
+    if "ddpm" not in SOLVERS:
+        pytest.skip("no stochastic solver registered")
+    kw = dict(model=MLP(), schedule=SCHEDULE, n=4, shard_size=3, shape=(6,), solver="ddpm", device="cpu")
+    a = np.load(sample_to_dir(tmp_path / "a", 9, **kw).merged)
+    b = np.load(sample_to_dir(tmp_path / "b", 9, batch_size=9, **kw).merged)
+    c = np.load(sample_to_dir(tmp_path / "c", 9, **(kw | {"solver": "euler"})).merged)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    with pytest.raises(ValueError, match="generator"):
+        sample_to_dir(tmp_path / "d", 9, solver_options={"generator": torch.Generator()}, **kw)
+    with pytest.raises(ValueError, match="by name"):
+        sample_to_dir(tmp_path / "d", 9, **(kw | {"solver": get_solver("ddpm")}))
+
+
+def test_bad_arguments_name_the_problem(tmp_path):
+    kw = dict(model=MLP(), schedule=SCHEDULE, n=3, shape=(6,), device="cpu")
+    with pytest.raises(ValueError, match="shard_size must be >= 1"):
+        sample_to_dir(tmp_path, 4, shard_size=0, **kw)
+    with pytest.raises(ValueError, match="float32 or torch.float64"):
+        sample_to_dir(tmp_path, 4, dtype=torch.float16, **kw)
+    with pytest.raises(ValueError, match="unknown grid 'cubic'; allowed"):
+        sample_to_dir(tmp_path, 4, grid="cubic", **kw)
+    with pytest.raises(ValueError, match="unknown solver"):
+        sample_to_dir(tmp_path, 4, solver="nope", **kw)
+    with pytest.raises(ValueError, match="pass shape="):
+        sample_to_dir(tmp_path, 4, model=MLP(), schedule=SCHEDULE, device="cpu")
+    with pytest.raises(TypeError, match="num must be an int"):
+        sample_to_dir(tmp_path, 4.0, **kw)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())  # nothing written for bad arguments

@@ -1,0 +1,207 @@
+"""The integration loop never waits for the device, and the state keeps its dtype.
+
+On an accelerator a host–device synchronisation per step (``.item()``, ``float(t)``, ``bool(t)``,
+``.cpu()``, ``nonzero``...) stalls the launch queue. Without a GPU, :class:`DeviceTensor` stands in
+for device memory: it is a tensor subclass that records every operation that would copy data to
+the host, and it propagates through every operation, so whatever the solver derives from the state
+is watched too. With CUDA, ``torch.cuda.set_sync_debug_mode("error")`` checks the real thing.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from torch import Tensor
+
+from ddim_ode import DiscreteSchedule, ProbabilityFlowODE, decode, make_grid, solve
+from ddim_ode.analytic import Gaussian
+from ddim_ode.solvers import SOLVERS, Solver, get_solver
+
+SCHEDULE = DiscreteSchedule.linear()
+FIXED_GRID = sorted(name for name, f in SOLVERS.items() if not f().adaptive)
+DETERMINISTIC = [name for name in FIXED_GRID if not float(getattr(get_solver(name), "eta", 0.0) or 0.0) > 0]
+
+# operations that copy device data to the host (i.e. wait for the device)
+_HOST = {
+    Tensor.item,
+    Tensor.tolist,
+    Tensor.numpy,
+    Tensor.cpu,
+    Tensor.__bool__,
+    Tensor.__float__,
+    Tensor.__int__,
+    Tensor.__index__,
+    Tensor.__format__,
+    Tensor.__repr__,
+    Tensor.nonzero,
+    torch.nonzero,
+    Tensor.unique,
+    torch.unique,
+    torch.masked_select,
+    Tensor.masked_select,
+}
+
+
+class DeviceTensor(Tensor):
+    """A tensor that logs every read of its data by the host."""
+
+    log: ClassVar[list[str]] = []
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in _HOST or (func is Tensor.to and _to_host(args, kwargs or {})):
+            cls.log.append(getattr(func, "__name__", str(func)))
+        if func is Tensor.__getitem__ and any(isinstance(a, Tensor) and a.dtype == torch.bool for a in _flat(args)):
+            cls.log.append("boolean mask indexing")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def _flat(args: Any) -> list[Any]:
+    out = []
+    for a in args:
+        out.extend(_flat(a) if isinstance(a, (tuple, list)) else [a])
+    return out
+
+
+def _to_host(args: Any, kwargs: dict[str, Any]) -> bool:
+    dev = kwargs.get("device")
+    for a in args[1:]:
+        if isinstance(a, (str, torch.device)):
+            dev = a
+    return dev is not None and torch.device(dev).type == "cpu"
+
+
+class TinyNet(torch.nn.Module):
+    """A cheap ε-model that uses both x_t and t."""
+
+    def __init__(self, dim: int = 6, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w1 = torch.nn.Parameter((torch.randn(dim + 2, 16, generator=g) * 0.4).to(dtype))
+        self.w2 = torch.nn.Parameter((torch.randn(16, dim, generator=g) * 0.4).to(dtype))
+        self.requires_grad_(False)
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        tt = t.to(x_t.dtype)[:, None] / 1000.0
+        return torch.tanh(torch.cat([x_t, torch.sin(tt), torch.cos(tt)], 1) @ self.w1) @ self.w2
+
+
+def _host_reads(fn: Any) -> list[str]:
+    DeviceTensor.log = []
+    fn()
+    return list(DeviceTensor.log)
+
+
+@pytest.mark.parametrize("name", FIXED_GRID)
+def test_solver_loop_never_reads_the_device(name):
+    field = ProbabilityFlowODE(TinyNet(), SCHEDULE)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1)).as_subclass(DeviceTensor)
+    for n in (3, 12):
+        sig = make_grid(SCHEDULE, "uniform", n)
+        xbar = x * math.sqrt(1 + float(sig[0]) ** 2)
+        slv = get_solver(name)
+        assert _host_reads(partial(slv.solve, field, xbar, sig)) == [], f"{name} reads the device inside its loop"
+        if slv.can_encode:  # the encoding direction runs the same loop on the reversed grid
+            assert _host_reads(partial(slv.solve, field, x, sig.flip(0))) == []
+
+
+@pytest.mark.parametrize("name", FIXED_GRID)
+def test_driver_syncs_a_fixed_number_of_times(name):
+    """``decode`` reads the device a few times (input check, the finite check at the end), never per step."""
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1)).as_subclass(DeviceTensor)
+    counts = {}
+    for n in (3, 12):
+        for check in (True, False):
+            run = partial(decode, x, name, n, model=TinyNet(), schedule=SCHEDULE, check_finite=check)
+            counts[n, check] = len(_host_reads(run))
+    assert 1 <= counts[3, True] == counts[12, True] <= 3
+    assert counts[3, False] == counts[12, False] <= 1
+    # the low-level entry with a validated grid: only the end-of-run finite check
+    field = ProbabilityFlowODE(TinyNet(), SCHEDULE)
+    sig = make_grid(SCHEDULE, "uniform", 12)
+    assert len(_host_reads(lambda: solve(field, x * 158.0, sig, name, check_finite=False))) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", FIXED_GRID)
+def test_no_cuda_sync_in_the_loop(name):
+    dev = torch.device("cuda")
+    field = ProbabilityFlowODE(TinyNet().to(dev), SCHEDULE)
+    sig = make_grid(SCHEDULE, "uniform", 10)
+    xbar = torch.randn(8, 6, device=dev) * float(sig[0])
+    slv = get_solver(name)
+    slv.solve(field, xbar, sig)  # warm-up: lazy initialisation may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        slv.solve(field, xbar, sig)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_float32_state_agrees_with_float64_to_rounding(name):
+    """The same solve in float32 and float64 differs by float32 rounding accumulated over the steps."""
+    gauss = Gaussian(torch.tensor([0.5, -0.3, 0.2, 0.0]), torch.tensor([0.3, 0.5, 0.2, 0.4]))
+    z = torch.randn(16, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    n = 10
+    x64 = decode(z, name, n, model=gauss, schedule=SCHEDULE)
+    x32 = decode(z.float(), name, n, model=gauss, schedule=SCHEDULE)
+    assert x32.dtype == torch.float32 and x64.dtype == torch.float64
+    sigma_max = float(make_grid(SCHEDULE, "uniform", n)[0])
+    # rounding of x̄ ~ σ_max·z is eps32·σ_max·|z| per operation; a handful of operations per step
+    bound = 4 * n * torch.finfo(torch.float32).eps * sigma_max * float(z.abs().max())
+    err = float((x32.double() - x64).abs().max())
+    assert err <= bound, f"{name}: |x32 - x64| = {err:.3g} > {bound:.3g}"
+    assert err > 0.0  # it really ran in float32
+
+
+@pytest.mark.parametrize("model_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["euler", "heun", "dpm-solver++2m"])
+def test_low_precision_model_drives_a_float32_state(name, model_dtype):
+    if name not in SOLVERS:
+        pytest.skip(f"{name} not registered")
+    z = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
+    ref = decode(z, name, 8, model=TinyNet(), schedule=SCHEDULE, return_solution=True, trajectory=True)
+    low = decode(
+        z,
+        name,
+        8,
+        model=TinyNet(dtype=model_dtype),
+        schedule=SCHEDULE,
+        return_solution=True,
+        trajectory=True,
+    )
+    assert low.x.dtype == torch.float32 and low.trajectory is not None and low.trajectory.dtype == torch.float32
+    # the state is not rounded to the model's precision: it keeps float32 digits...
+    assert not torch.equal(low.xbar, low.xbar.to(model_dtype).float())
+    # ...and the result differs from the float32 model's by the model's rounding, not more
+    rel = float((low.x - ref.x).abs().max() / ref.x.abs().max())
+    assert 0.0 < rel < 50 * torch.finfo(model_dtype).eps, rel
+
+
+class _SyncingEuler(Solver):
+    """Euler that reads the state's norm on the host every step: what the tests above must catch."""
+
+    name = "syncing-euler-for-tests"
+
+    def step(self, field: Any, xbar: Tensor, sigma: float, sigma_next: float, state: Any) -> tuple[Tensor, Any]:
+        if float(xbar.norm()) > 1e30:
+            raise FloatingPointError
+        return xbar + (sigma_next - sigma) * field(xbar, sigma), state
+
+
+def test_the_instrument_catches_a_sync_per_step():
+    field = ProbabilityFlowODE(TinyNet(), SCHEDULE)
+    x = torch.randn(4, 6).as_subclass(DeviceTensor)
+    for n in (3, 12):
+        sig = make_grid(SCHEDULE, "uniform", n)
+        reads = _host_reads(partial(_SyncingEuler().solve, field, x * 158.0, sig))
+        assert reads == ["__float__"] * (len(sig) - 1)
+    assert _host_reads(lambda: x[x > 0]) == ["boolean mask indexing"]
+    assert _host_reads(lambda: x.to("cpu")) == ["to"]
+    assert _host_reads(lambda: x.sum().item()) == ["item"]
