@@ -11,7 +11,7 @@ from .field import PREDICTIONS, ProbabilityFlowODE, SigmaModel
 from .grids import GRIDS, make_grid
 from .integrate import Solution, decode, encode, from_xbar, integrate, solve, to_xbar
 from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
-from .solvers import Solver, SolverInfo, get_solver, register, solvers
+from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, register, solvers
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "solve",
     "to_xbar",
     "from_xbar",
+    "ReversibleLatent",
     "Solver",
     "SolverInfo",
     "get_solver",

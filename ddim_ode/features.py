@@ -137,7 +137,7 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
         raise ValueError("each feature set needs at least 2 rows")
     mu1, mu2 = feats_a.mean(0), feats_b.mean(0)
     c1, c2 = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
-    covmean, _ = linalg.sqrtm(c1 @ c2, disp=False)
+    covmean = linalg.sqrtm(c1 @ c2)
     if not np.isfinite(covmean).all():  # near-singular product: regularise as in the FID reference code
         off = np.eye(c1.shape[0]) * 1e-6
         covmean = linalg.sqrtm((c1 + off) @ (c2 + off))

@@ -23,6 +23,7 @@ from .field import EpsModel, Prediction, ProbabilityFlowODE, SigmaModel
 from .grids import make_grid, sigmas_from_timesteps
 from .schedules import Schedule
 from .solvers import Solver, get_solver
+from .solvers.reversible import ReversibleLatent, latent_state
 
 __all__ = ["Solution", "integrate", "decode", "encode", "solve", "to_xbar", "from_xbar"]
 
@@ -170,13 +171,16 @@ def solve(
     def callback(i: int, sigma: float, xb: Tensor) -> None:
         if trajectory:
             traj.append(xb)
-        if check_finite:
-            flags.append(torch.isfinite(xb).all())
+        if check_finite:  # one sum per step: NaN/±Inf in any element (or an overflowing sum) makes it non-finite
+            flags.append(xb.detach().sum())
 
     use_cb = trajectory or check_finite
+    prepare = getattr(field, "prepare", None)
+    if prepare is not None:
+        prepare(sig)  # t(σ) at the grid points in one vectorised call, instead of one per step
     out, final_state = slv.solve(field, xbar, sig, callback if use_cb else None, state)
     if check_finite and flags:
-        ok = torch.stack(flags).cpu()
+        ok = torch.isfinite(torch.stack(flags)).cpu()
         if not bool(ok.all()):
             k = int((~ok).nonzero()[0])
             raise FloatingPointError(
@@ -184,8 +188,11 @@ def solve(
                 f"(sigma {float(sig[k]):.6g} -> {float(sig[k + 1]):.6g}) "
                 f"with solver {slv.name!r}; try more steps, another solver or a float32/float64 state"
             )
+    x_out = from_xbar(out, float(sig[-1]))
+    if slv.reversible:  # the result carries the auxiliary state that makes the reverse pass exact
+        x_out = ReversibleLatent.wrap(x_out, final_state)
     return Solution(
-        x=from_xbar(out, float(sig[-1])),
+        x=x_out,
         xbar=out,
         sigmas=sig,
         nfe=field.nfe - nfe0,
@@ -271,7 +278,7 @@ def integrate(
         solver_options=solver_options,
         trajectory=trajectory,
         check_finite=check_finite,
-        state=state,
+        state=state if state is not None else latent_state(x),
     )
     return sol if return_solution else sol.x
 
@@ -317,7 +324,8 @@ def decode(
     ``x_T`` is in VP scale at the grid's first timestep (for discrete "uniform", ``T − T//n``,
     as the official DDIM sampler); with ``solver="euler"`` this *is* deterministic DDIM.
     ``timesteps`` (decreasing) get the final step to ᾱ = 1 appended; ``sigmas`` must end at 0.
-    ``state`` is the auxiliary state returned by :func:`encode` for solvers that carry one.
+    ``state`` is the auxiliary state of solvers that carry one; by default, the one carried by
+    ``x_T`` when it is the :class:`~ddim_ode.solvers.ReversibleLatent` returned by :func:`encode`.
     See :func:`integrate` for the other arguments.
     """
     _check_x(x_T, "x_T")
@@ -333,7 +341,7 @@ def decode(
         solver_options=solver_options,
         trajectory=trajectory,
         check_finite=check_finite,
-        state=state,
+        state=state if state is not None else latent_state(x_T),
     )
     return sol if return_solution else sol.x
 
@@ -353,12 +361,17 @@ def encode(
     return_solution: bool = False,
     trajectory: bool = False,
     check_finite: bool = True,
+    state: Any = None,
 ) -> Tensor | Solution:
     """Data → noise (inversion): the decoding grid of :func:`decode`, run upwards from σ = 0.
 
     Returns the latent in VP scale at the grid's top, the ``x_T`` that :func:`decode` with the
     same arguments maps (approximately, or exactly for reversible solvers) back to ``x_0``.
     ``sigmas``/``timesteps`` are given in decoding order, as for :func:`decode`.
+    With a reversible solver (``"belm"``, ``"reversible-heun"``) the latent is a
+    :class:`~ddim_ode.solvers.ReversibleLatent`: an ordinary tensor that also carries the
+    solver's auxiliary state, which :func:`decode` picks up to return ``x_0`` exactly. ``state``
+    (default: the state carried by a ``ReversibleLatent`` ``x_0``) starts from a given one.
     """
     _check_x(x_0, "x_0")
     n = _check_n(n)
@@ -366,6 +379,13 @@ def encode(
     sig = _data_grid(schedule_, grid, n, sigmas, timesteps).flip(0)
     field = _make_field(model_, schedule_, prediction, defaults)
     sol = solve(
-        field, x_0, sig, solver, solver_options=solver_options, trajectory=trajectory, check_finite=check_finite
+        field,
+        x_0,
+        sig,
+        solver,
+        solver_options=solver_options,
+        trajectory=trajectory,
+        check_finite=check_finite,
+        state=state if state is not None else latent_state(x_0),
     )
     return sol if return_solution else sol.x

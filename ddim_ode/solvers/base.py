@@ -5,10 +5,21 @@ all history lives in ``state`` (created by :meth:`Solver.init` from the grid act
 in hidden attributes. Steps are signed (``h = sigma_next − sigma`` is negative when decoding and
 positive when encoding), so one code path serves both directions. Solvers that do not fit the
 fixed-grid loop (adaptive ones) override :meth:`Solver.solve`.
+
+Conventions shared by every solver of this package:
+
+* σ values are Python floats (float64) taken from the grid; tensors keep the caller's dtype.
+* A step with an endpoint at σ = 0 (the last step of a decoding grid, the first of an encoding
+  grid) is where the λ = −log σ parametrisation ends (λ = ∞). Unless a solver says otherwise it
+  takes a first-order (DDIM) step there; see each solver's docstring.
+* ``order`` is the *global* order of convergence of the configured instance, as measured by
+  ``tests/test_solvers.py`` (warm-up steps of lower order can lower it below the order of the
+  steady-state step; docstrings say when).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -17,23 +28,31 @@ from torch import Tensor
 
 from ..field import ProbabilityFlowODE
 
-__all__ = ["Solver", "SolverInfo", "register", "get_solver", "solvers", "SOLVERS"]
+__all__ = ["Solver", "SolverInfo", "Evaluation", "register", "get_solver", "solvers", "SOLVERS", "touches_zero"]
 
 
 class Solver:
     """Base class of all solvers.
 
-    Class attributes describe the method: ``name`` (registry key), ``order`` (global order of
-    convergence), ``nfe_per_step`` (network evaluations per step), ``paper`` (source),
-    ``can_encode`` (whether it may integrate towards larger σ).
+    Attributes describe the method: ``name`` (registry key), ``order`` (global order of
+    convergence of this instance), ``nfe_per_step`` (network evaluations per step, away from
+    warm-up and final-step special cases), ``paper`` (source), ``can_encode`` (whether it may
+    integrate towards larger σ), ``adaptive`` (step sizes chosen by an error controller),
+    ``reversible`` (encode → decode is exact up to rounding when the final state is passed on),
+    ``stochastic`` (draws random noise: a sampler of an SDE, not an ODE solver). ``order``,
+    ``nfe_per_step``, ``can_encode`` and ``stochastic`` may depend on constructor options and are
+    then set per instance.
     """
 
     name: ClassVar[str] = ""
-    order: ClassVar[int] = 0
-    nfe_per_step: ClassVar[float] = 1.0
     paper: ClassVar[str] = ""
-    can_encode: ClassVar[bool] = True
     adaptive: ClassVar[bool] = False
+    reversible: ClassVar[bool] = False
+    order: int = 0
+    nfe_per_step: float = 1.0
+    can_encode: bool = True
+    stochastic: bool = False
+    why_no_encode: str = "it is not defined in that direction"
 
     def init(self, field: ProbabilityFlowODE, xbar: Tensor, sigmas: Tensor) -> Any:
         """The initial state for integrating along ``sigmas`` (default: ``None``)."""
@@ -71,8 +90,37 @@ class Solver:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """One network evaluation kept in a multistep solver's history.
+
+    ``eps`` is ε(x̄_eval, σ) and ``x0`` the denoiser D = x̄_eval − σ ε at the point ``x̄_eval``
+    where it was evaluated (for predictor–corrector methods that is the predicted point).
+    """
+
+    sigma: float
+    eps: Tensor
+    x0: Tensor
+
+    @property
+    def lam(self) -> float:
+        """λ = −log σ (``inf`` at σ = 0)."""
+        return -math.log(self.sigma) if self.sigma > 0 else math.inf
+
+
+def evaluate(field: ProbabilityFlowODE, xbar: Tensor, sigma: float) -> Evaluation:
+    """ε and D at (x̄, σ): one NFE."""
+    eps = field(xbar, sigma)
+    return Evaluation(sigma, eps, xbar - sigma * eps)
+
+
+def touches_zero(sigma: float, sigma_next: float) -> bool:
+    """Whether a step has an endpoint at σ = 0 (where λ = −log σ is infinite)."""
+    return sigma == 0.0 or sigma_next == 0.0
+
+
+@dataclass(frozen=True)
 class SolverInfo:
-    """What :func:`solvers` reports about one registered solver."""
+    """What :func:`solvers` reports about one registered solver (with default options)."""
 
     name: str
     order: int
@@ -81,6 +129,8 @@ class SolverInfo:
     adaptive: bool
     paper: str
     summary: str
+    reversible: bool = False
+    stochastic: bool = False
 
 
 SOLVERS: dict[str, Callable[..., Solver]] = {}
@@ -113,12 +163,22 @@ def get_solver(solver: str | Solver, **options: Any) -> Solver:
 
 
 def solvers() -> list[SolverInfo]:
-    """Every registered solver with its order, NFE per step and source paper."""
+    """Every registered solver with its order, NFE per step and source paper (default options)."""
     out = []
     for name, factory in sorted(SOLVERS.items()):
         s = factory()
         doc = (type(s).__doc__ or "").strip().splitlines()
         out.append(
-            SolverInfo(name, s.order, s.nfe_per_step, s.can_encode, s.adaptive, s.paper, doc[0] if doc else "")
+            SolverInfo(
+                name,
+                s.order,
+                s.nfe_per_step,
+                s.can_encode,
+                s.adaptive,
+                s.paper,
+                doc[0] if doc else "",
+                s.reversible,
+                s.stochastic,
+            )
         )
     return out

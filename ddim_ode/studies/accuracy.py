@@ -112,7 +112,9 @@ def accuracy_study(
         if d not in ("decode", "encode"):
             raise ValueError(f"unknown direction {d!r}; allowed: decode, encode")
     names = check_solvers(solvers) if solvers else sorted(SOLVERS)
-    names = [n for n in names if not getattr(get_solver(n), "stochastic", False) and n not in ("ddim", "ddpm")]
+    if not solvers:  # by default the deterministic fixed-grid solvers and two adaptive ones
+        names = [n for n in names if (not get_solver(n).adaptive or n in ("dopri5", "bosh3")) and n != "ddim"]
+    names = [n for n in names if not get_solver(n).stochastic]
     results: list[dict[str, Any]] = []
     references: list[dict[str, Any]] = []
     jobs = [(p, g, d) for p in problems for g in grids for d in directions]

@@ -34,6 +34,14 @@ from .common import (
 __all__ = ["speed_study", "plot_speed", "speed_table", "TimedModel", "ZeroCostModel"]
 
 
+QUICK_SOLVERS = ("euler", "heun", "dpm-solver++2m")
+
+
+def _default_solvers() -> list[str]:
+    """Every registered solver except the adaptive ones other than dopri5 (their NFE is not set by n)."""
+    return [n for n in sorted(SOLVERS) if not get_solver(n).adaptive or n == "dopri5"]
+
+
 class ZeroCostModel(torch.nn.Module):
     """A near-zero-cost ε-model, ε = 0.1 x_t: isolates the solver's own overhead."""
 
@@ -85,10 +93,11 @@ def speed_study(
     dt = check_dtype(dtype)
     if quick:
         batch_sizes, repeats, steps = (1, 16), 1, 5
+        solvers = solvers or tuple(n for n in QUICK_SOLVERS if n in SOLVERS)
     model_, schedule_, prediction_, meta = resolve_model(model, schedule, dev, prediction)
     if shape is None:
         shape = event_shape(meta)
-    names = check_solvers(solvers) if solvers else sorted(SOLVERS)
+    names = check_solvers(solvers) if solvers else _default_solvers()
     models = {"network": model_, "zero-cost": ZeroCostModel()}
     results = []
     jobs = [(m, name, b) for m in models for name in names for b in batch_sizes]
