@@ -309,15 +309,16 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Sample a grid of digits and show a round trip, with the built-in model."""
+    """Sample a grid of digits, then round-trip real digits with the chosen solver and with the
+    exactly reversible BELM solver, all with the built-in model."""
     out = Path(args.out_dir)
     t0 = time.perf_counter()
     sample_args = argparse.Namespace(**{**vars(args), "num": 64, "out": str(out / "samples.png")})
     cmd_sample(sample_args)
-    rt_args = argparse.Namespace(
-        **{**vars(args), "num": 10, "input": "digits:heldout", "out": str(out / "roundtrip.png")}
-    )
-    cmd_roundtrip(rt_args)
+    rt = {**vars(args), "num": 10, "input": "digits:heldout", "out": str(out / "roundtrip.png")}
+    cmd_roundtrip(argparse.Namespace(**rt))
+    if args.solver != "belm":
+        cmd_roundtrip(argparse.Namespace(**{**rt, "solver": "belm", "out": str(out / "roundtrip_belm.png")}))
     print(f"demo done in {time.perf_counter() - t0:.1f}s; open {out / 'samples.png'} and {out / 'roundtrip.png'}")
 
 

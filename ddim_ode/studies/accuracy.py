@@ -80,7 +80,7 @@ def accuracy_study(
     problems: tuple[str, ...] = ("ring", "mix64", "model"),
     *,
     solvers: tuple[str, ...] | None = None,
-    grids: tuple[str, ...] = ("logsnr", "karras"),
+    grids: tuple[str, ...] = ("karras",),
     nfes: tuple[int, ...] = DEFAULT_NFES,
     adaptive_rtols: tuple[float, ...] = ADAPTIVE_RTOLS,
     directions: tuple[str, ...] = ("decode", "encode"),

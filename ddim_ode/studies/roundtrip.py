@@ -33,7 +33,7 @@ from .common import (
 __all__ = ["roundtrip_study", "plot_roundtrip", "DEFAULT_STEPS", "DEFAULT_SOLVERS"]
 
 DEFAULT_STEPS = (5, 10, 20, 50, 100, 200, 500, 1000)
-DEFAULT_SOLVERS = ("euler", "heun", "dpm-solver++2m", "unipc", "belm")
+DEFAULT_SOLVERS = ("euler", "heun", "dpm-solver++2m", "unipc", "belm", "reversible-heun")
 
 
 def _available(names: tuple[str, ...] | list[str]) -> list[str]:
@@ -49,7 +49,7 @@ def roundtrip_study(
     steps: tuple[int, ...] | list[int] = DEFAULT_STEPS,
     num: int = 64,
     grid: str = "uniform",
-    max_nfe: int = 2000,
+    max_nfe: int = 1000,
     batch_size: int = 256,
     seed: int = 0,
     device: str | torch.device = "cpu",
