@@ -6,17 +6,27 @@ dx̄/dσ = ε_θ(x̄/√(1 + σ²), t(σ)); DDIM is its Euler discretisation. :f
 registered solver (:func:`solvers`).
 """
 
-from . import analytic, grids
+from . import adjoint, analytic, grids, likelihood
+from .adjoint import decode_adjoint, encode_adjoint, integrate_adjoint, solve_adjoint
 from .field import PREDICTIONS, ProbabilityFlowODE, SigmaModel
 from .grids import GRIDS, make_grid
 from .integrate import Solution, decode, encode, from_xbar, integrate, solve, to_xbar
+from .likelihood import LikelihoodResult, log_likelihood
 from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
 from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, register, solvers
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "adjoint",
     "analytic",
+    "likelihood",
+    "LikelihoodResult",
+    "log_likelihood",
+    "decode_adjoint",
+    "encode_adjoint",
+    "integrate_adjoint",
+    "solve_adjoint",
     "grids",
     "ContinuousSchedule",
     "DiscreteSchedule",

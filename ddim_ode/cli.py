@@ -23,7 +23,8 @@ from torch import Tensor
 from ._files import save_npz, save_png
 from .images import image_grid, slerp, to_unit
 from .integrate import Solution, decode, encode
-from .solvers import SOLVERS, solvers
+from .solvers import SOLVERS, get_solver, solvers
+from .solvers.reversible import concat_states, state_from_arrays, state_to_arrays
 
 __all__ = ["main", "build_parser"]
 
@@ -225,9 +226,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
     latents = torch.cat([s.x for s in sols])
     stem = _stem(args.out)
     arrays = {"latents": latents.cpu().numpy()}
-    aux = [s.state for s in sols]
-    if all(isinstance(a, Tensor) for a in aux):
-        arrays["aux"] = torch.cat(aux).cpu().numpy()  # type: ignore[arg-type]
+    if sols[0].state is not None:  # a reversible solver: store its auxiliary state for an exact decode
+        arrays.update(state_to_arrays(concat_states([s.state for s in sols])))
     save_npz(stem.with_suffix(".npz"), solver=np.array(args.solver), steps=np.array(args.steps), **arrays)
     print(f"encoded {x0.shape[0]} images with {args.solver}, n={args.steps} -> {stem}.npz")
 
@@ -241,7 +241,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
         if "latents" not in data:
             raise CLIError(f"{args.input} has no 'latents' array (write it with `ddim-ode encode`)")
         lat = torch.from_numpy(data["latents"]).to(dev)
-        aux = torch.from_numpy(data["aux"]).to(dev) if "aux" in data else None
+        # the auxiliary state of a reversible solver, used when decoding with a reversible solver
+        aux = state_from_arrays(data, device=dev, dtype=lat.dtype) if get_solver(args.solver).reversible else None
     if tuple(lat.shape[1:]) != _event_shape(meta):
         raise CLIError(f"latents have shape {tuple(lat.shape[1:])}, the model needs {_event_shape(meta)}")
     with torch.no_grad():
@@ -320,6 +321,45 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.solver != "belm":
         cmd_roundtrip(argparse.Namespace(**{**rt, "solver": "belm", "out": str(out / "roundtrip_belm.png")}))
     print(f"demo done in {time.perf_counter() - t0:.1f}s; open {out / 'samples.png'} and {out / 'roundtrip.png'}")
+
+
+def cmd_likelihood(args: argparse.Namespace) -> None:
+    from ._files import atomic_path
+    from .likelihood import log_likelihood
+
+    model, schedule, meta, dev = _load(args)
+    x = _load_images(args.input, _event_shape(meta))[: args.num].to(dev, torch.float64)
+    bin_width = args.bin_width
+    if bin_width is None and args.input.startswith("digits"):
+        bin_width = 2.0 / 16.0  # digits pixels are integers 0..16 mapped to [-1, 1]
+    if args.dequantize == "uniform" and bin_width is None:
+        raise CLIError("--dequantize uniform needs --bin-width (e.g. 2/255 = 0.00784 for 8-bit images)")
+    res = log_likelihood(
+        x,
+        model,
+        schedule,
+        method=args.method,
+        rtol=args.rtol,
+        atol=args.atol,
+        divergence=args.divergence,
+        probes=args.probes,
+        probe_dist=args.probe_dist,
+        sigma_min=args.sigma_min,
+        dequantize=args.dequantize,
+        bin_width=bin_width,
+        generator=torch.Generator(device=dev).manual_seed(args.seed),
+        prediction=meta.get("prediction", "eps"),
+        batch_size=args.batch_size,
+    )
+    summary = res.summary()
+    print(
+        f"{summary['num_samples']} images: {summary['bits_per_dim']:.4f} ± {summary['bits_per_dim_sem']:.4f} bits/dim "
+        f"({summary['nats_per_dim']:.4f} nats/dim), divergence={args.divergence}, NFE={summary['nfe']}"
+    )
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"summary -> {args.out}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -451,6 +491,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a DDPM UNet (see `ddim-ode train --help`)", add_help=False)
     p.set_defaults(func=None)
+
+    p = sub.add_parser("likelihood", help="exact log-likelihood (bits/dim) of images through the ODE")
+    p.add_argument("--model", default="default", help="'default' (built-in), a model directory or a diffusers UNet dir")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Hutchinson probes and dequantisation noise")
+    p.add_argument("--input", default="digits:heldout", help="images (default: held-out digits)")
+    p.add_argument("--num", type=int, default=32, help="number of images (default 32)")
+    p.add_argument("--divergence", default="hutchinson", choices=("exact", "hutchinson"))
+    p.add_argument("--probes", type=int, default=4, help="Hutchinson probes per evaluation (default 4)")
+    p.add_argument("--probe-dist", default="rademacher", choices=("rademacher", "gaussian"))
+    p.add_argument("--dequantize", default="uniform", choices=("none", "uniform"))
+    p.add_argument("--bin-width", type=float, help="width of one intensity level in model scale (digits: 2/16)")
+    p.add_argument("--sigma-min", type=float, help="start the flow at this sigma instead of 0")
+    p.add_argument("--method", default="dopri5", help="torchdiffeq method (default dopri5)")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--batch-size", type=int, help="images per integration")
+    p.add_argument("--out", help="write the summary JSON here")
+    p.set_defaults(func=cmd_likelihood)
 
     p = sub.add_parser("bench", help="run a study: roundtrip, accuracy, quality, speed or consistency")
     p.add_argument("study", choices=("roundtrip", "accuracy", "quality", "speed", "consistency"))

@@ -206,6 +206,112 @@ def _why_no_encode(slv: Solver) -> str:
     return getattr(slv, "why_no_encode", "it is not defined in that direction")
 
 
+def _run(
+    x: Tensor,
+    sig: Tensor,
+    field: ProbabilityFlowODE,
+    solver: str | Solver,
+    *,
+    solver_options: dict[str, Any] | None,
+    return_solution: bool,
+    trajectory: bool,
+    check_finite: bool,
+    state: Any,
+    adjoint: bool,
+    params: Any,
+    checkpoints: int,
+    batch_size: int | None,
+) -> Tensor | Solution:
+    """Run the solver from ``x`` (VP scale at ``sig[0]``) along ``sig``: plain, adjoint or micro-batched."""
+    if adjoint and trajectory:
+        raise ValueError("trajectory=True cannot be combined with adjoint=True (the adjoint keeps no states)")
+    if not adjoint and (params is not None or checkpoints):
+        raise ValueError("`params` and `checkpoints` apply only with adjoint=True")
+    state = state if state is not None else latent_state(x)
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
+        if x.shape[0] > batch_size:
+            if state is not None or get_solver(solver, **(solver_options or {})).reversible:
+                raise ValueError("batch_size cannot split a solver state (reversible solvers): pass smaller batches")
+            kw = dict(
+                solver_options=solver_options,
+                return_solution=True,
+                trajectory=trajectory,
+                check_finite=check_finite,
+                state=None,
+                adjoint=adjoint,
+                params=params,
+                checkpoints=checkpoints,
+                batch_size=None,
+            )
+            parts = [_run(x[i : i + batch_size], sig, field, solver, **kw) for i in range(0, x.shape[0], batch_size)]
+            sols = [p for p in parts if isinstance(p, Solution)]
+            sol = Solution(
+                x=torch.cat([p.x for p in sols]),
+                xbar=torch.cat([p.xbar for p in sols]),
+                sigmas=sols[0].sigmas,
+                nfe=sum(p.nfe for p in sols),
+                trajectory=torch.cat([p.trajectory for p in sols], dim=1) if trajectory else None,  # type: ignore[misc]
+                state=None,
+                solver=sols[0].solver,
+            )
+            return sol if return_solution else sol.x
+    xbar0 = to_xbar(x, float(sig[0]))
+    if adjoint:
+        from .adjoint import solve_adjoint  # adjoint builds on this module
+
+        sol = solve_adjoint(
+            field,
+            xbar0,
+            sig,
+            solver,
+            solver_options=solver_options,
+            params=params,
+            checkpoints=checkpoints,
+            check_finite=check_finite,
+            state=state,
+        )
+    else:
+        sol = solve(
+            field,
+            xbar0,
+            sig,
+            solver,
+            solver_options=solver_options,
+            trajectory=trajectory,
+            check_finite=check_finite,
+            state=state,
+        )
+    return sol if return_solution else sol.x
+
+
+def _span_grid(
+    schedule: Schedule,
+    grid: str,
+    n: int,
+    t_start: float | None,
+    t_end: float | None,
+    sigmas: GridLike | None,
+    timesteps: GridLike | None,
+) -> Tensor:
+    """The grid of :func:`integrate`: explicit, or ``grid`` between ``t_start`` and ``t_end``."""
+    if sigmas is not None and timesteps is not None:
+        raise ValueError("give at most one of `sigmas` and `timesteps`")
+    if sigmas is not None:
+        return _check_grid(_as_sigmas(sigmas), schedule, "sigmas")
+    if timesteps is not None:
+        return _check_grid(sigmas_from_timesteps(schedule, _as_sigmas(timesteps)), schedule, "timesteps")
+    for name, val in (("t_start", t_start), ("t_end", t_end)):
+        if val is not None and not (schedule.t_min <= float(val) <= schedule.t_max):
+            raise ValueError(f"{name}={val} is outside the schedule's range [{schedule.t_min}, {schedule.t_max}]")
+    if t_start is not None and t_end is not None and float(t_start) < float(t_end):  # upwards: encoding
+        sig = make_grid(schedule, grid, n, t_hi=t_end, t_lo=t_start).flip(0)
+    else:
+        sig = make_grid(schedule, grid, n, t_hi=t_start, t_lo=t_end)
+    return _check_grid(sig, schedule, f"the {grid!r} grid")
+
+
 def integrate(
     x: Tensor,
     solver: str | Solver = "euler",
@@ -224,6 +330,10 @@ def integrate(
     trajectory: bool = False,
     check_finite: bool = True,
     state: Any = None,
+    adjoint: bool = False,
+    params: Any = None,
+    checkpoints: int = 0,
+    batch_size: int | None = None,
 ) -> Tensor | Solution:
     """Integrate the probability-flow ODE from ``t_start`` to ``t_end``; VP scale in and out.
 
@@ -245,7 +355,15 @@ def integrate(
         return_solution: return a :class:`Solution` (with ``nfe``, ``sigmas``, …) instead of a tensor.
         trajectory: record x̄ at every grid point in ``Solution.trajectory``.
         check_finite: raise if NaN/Inf appears (checked once at the end, naming the step).
-        state: initial solver state (e.g. a reversible solver's auxiliary state).
+        state: initial solver state (default: the one carried by a
+            :class:`~ddim_ode.ReversibleLatent` input).
+        adjoint: compute gradients by the adjoint method (memory independent of n; see
+            :mod:`ddim_ode.adjoint`) instead of plain autograd through the steps.
+        params: with ``adjoint=True``, the tensors to differentiate with respect to (default: the
+            model's parameters with ``requires_grad``).
+        checkpoints: with ``adjoint=True``, states kept in the forward pass (0: constant memory).
+        batch_size: integrate at most this many samples at a time (bounds memory; the result is
+            concatenated and ``Solution.nfe`` counts every network call).
 
     Returns:
         The state at ``t_end`` in VP scale, shaped like ``x`` (or a :class:`Solution`).
@@ -253,34 +371,22 @@ def integrate(
     _check_x(x, "x")
     n = _check_n(n)
     model_, schedule_, defaults = _resolve_model(model, schedule, x.device)
-    if sigmas is not None and timesteps is not None:
-        raise ValueError("give at most one of `sigmas` and `timesteps`")
-    if sigmas is not None:
-        sig = _check_grid(_as_sigmas(sigmas), schedule_, "sigmas")
-    elif timesteps is not None:
-        sig = _check_grid(sigmas_from_timesteps(schedule_, _as_sigmas(timesteps)), schedule_, "timesteps")
-    else:
-        for name, val in (("t_start", t_start), ("t_end", t_end)):
-            if val is not None and not (schedule_.t_min <= float(val) <= schedule_.t_max):
-                raise ValueError(f"{name}={val} is outside the schedule's range [{schedule_.t_min}, {schedule_.t_max}]")
-        upward = t_start is not None and t_end is not None and float(t_start) < float(t_end)
-        if upward:
-            sig = make_grid(schedule_, grid, n, t_hi=t_end, t_lo=t_start).flip(0)
-        else:
-            sig = make_grid(schedule_, grid, n, t_hi=t_start, t_lo=t_end)
-        sig = _check_grid(sig, schedule_, f"the {grid!r} grid")
-    field = _make_field(model_, schedule_, prediction, defaults)
-    sol = solve(
-        field,
-        to_xbar(x, float(sig[0])),
+    sig = _span_grid(schedule_, grid, n, t_start, t_end, sigmas, timesteps)
+    return _run(
+        x,
         sig,
+        _make_field(model_, schedule_, prediction, defaults),
         solver,
         solver_options=solver_options,
+        return_solution=return_solution,
         trajectory=trajectory,
         check_finite=check_finite,
-        state=state if state is not None else latent_state(x),
+        state=state,
+        adjoint=adjoint,
+        params=params,
+        checkpoints=checkpoints,
+        batch_size=batch_size,
     )
-    return sol if return_solution else sol.x
 
 
 def _data_grid(schedule: Schedule, grid: str, n: int, sigmas: GridLike | None, timesteps: GridLike | None) -> Tensor:
@@ -318,6 +424,10 @@ def decode(
     trajectory: bool = False,
     check_finite: bool = True,
     state: Any = None,
+    adjoint: bool = False,
+    params: Any = None,
+    checkpoints: int = 0,
+    batch_size: int | None = None,
 ) -> Tensor | Solution:
     """Noise → data: integrate from the top of the grid down to σ = 0 (sampling).
 
@@ -332,18 +442,21 @@ def decode(
     n = _check_n(n)
     model_, schedule_, defaults = _resolve_model(model, schedule, x_T.device)
     sig = _data_grid(schedule_, grid, n, sigmas, timesteps)
-    field = _make_field(model_, schedule_, prediction, defaults)
-    sol = solve(
-        field,
-        to_xbar(x_T, float(sig[0])),
+    return _run(
+        x_T,
         sig,
+        _make_field(model_, schedule_, prediction, defaults),
         solver,
         solver_options=solver_options,
+        return_solution=return_solution,
         trajectory=trajectory,
         check_finite=check_finite,
-        state=state if state is not None else latent_state(x_T),
+        state=state,
+        adjoint=adjoint,
+        params=params,
+        checkpoints=checkpoints,
+        batch_size=batch_size,
     )
-    return sol if return_solution else sol.x
 
 
 def encode(
@@ -362,6 +475,10 @@ def encode(
     trajectory: bool = False,
     check_finite: bool = True,
     state: Any = None,
+    adjoint: bool = False,
+    params: Any = None,
+    checkpoints: int = 0,
+    batch_size: int | None = None,
 ) -> Tensor | Solution:
     """Data → noise (inversion): the decoding grid of :func:`decode`, run upwards from σ = 0.
 
@@ -372,20 +489,24 @@ def encode(
     :class:`~ddim_ode.solvers.ReversibleLatent`: an ordinary tensor that also carries the
     solver's auxiliary state, which :func:`decode` picks up to return ``x_0`` exactly. ``state``
     (default: the state carried by a ``ReversibleLatent`` ``x_0``) starts from a given one.
+    See :func:`integrate` for the other arguments.
     """
     _check_x(x_0, "x_0")
     n = _check_n(n)
     model_, schedule_, defaults = _resolve_model(model, schedule, x_0.device)
     sig = _data_grid(schedule_, grid, n, sigmas, timesteps).flip(0)
-    field = _make_field(model_, schedule_, prediction, defaults)
-    sol = solve(
-        field,
+    return _run(
         x_0,
         sig,
+        _make_field(model_, schedule_, prediction, defaults),
         solver,
         solver_options=solver_options,
+        return_solution=return_solution,
         trajectory=trajectory,
         check_finite=check_finite,
-        state=state if state is not None else latent_state(x_0),
+        state=state,
+        adjoint=adjoint,
+        params=params,
+        checkpoints=checkpoints,
+        batch_size=batch_size,
     )
-    return sol if return_solution else sol.x

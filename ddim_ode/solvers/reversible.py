@@ -19,16 +19,27 @@ encoding is no better than DDIM inversion (MATH.md §6).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
 from .base import Solver, register
 
-__all__ = ["BELM", "BELMState", "ReversibleHeun", "ReversibleHeunState", "ReversibleLatent", "latent_state"]
+__all__ = [
+    "BELM",
+    "BELMState",
+    "ReversibleHeun",
+    "ReversibleHeunState",
+    "ReversibleLatent",
+    "latent_state",
+    "state_to_arrays",
+    "state_from_arrays",
+    "concat_states",
+]
 
 
 class ReversibleLatent(Tensor):
@@ -190,3 +201,53 @@ class ReversibleHeun(Solver):
 
     def __repr__(self) -> str:
         return "ReversibleHeun()"
+
+
+# ---------------------------------------------------------------------------------------------
+# saving latents: auxiliary states as named arrays (for .npz files)
+
+_STATE_TYPES = {cls.__name__: cls for cls in (BELMState, ReversibleHeunState)}
+
+
+def state_to_arrays(state: Any, prefix: str = "aux_") -> dict[str, np.ndarray]:
+    """A reversible solver's auxiliary state as named numpy arrays (e.g. to store beside a latent)."""
+    if type(state).__name__ not in _STATE_TYPES:
+        raise TypeError(f"cannot store a state of type {type(state).__name__}; allowed: {', '.join(_STATE_TYPES)}")
+    out = {f"{prefix}type": np.array(type(state).__name__)}
+    for f in fields(state):
+        v = getattr(state, f.name)
+        out[prefix + f.name] = v.detach().cpu().numpy() if isinstance(v, Tensor) else np.array(v)
+    return out
+
+
+def state_from_arrays(
+    arrays: Any, prefix: str = "aux_", device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> Any:
+    """Rebuild the state written by :func:`state_to_arrays` (``None`` when ``arrays`` holds none)."""
+    key = f"{prefix}type"
+    if key not in arrays:
+        return None
+    name = str(arrays[key])
+    if name not in _STATE_TYPES:
+        raise ValueError(f"unknown auxiliary state type {name!r}; allowed: {', '.join(_STATE_TYPES)}")
+    cls = _STATE_TYPES[name]
+    kw: dict[str, Any] = {}
+    for f in fields(cls):
+        v = np.asarray(arrays[prefix + f.name])
+        kw[f.name] = float(v) if v.ndim == 0 else torch.from_numpy(v).to(device=device, dtype=dtype)
+    return cls(**kw)
+
+
+def concat_states(states: list[Any]) -> Any:
+    """Concatenate the auxiliary states of consecutive batches along the batch dimension."""
+    first = states[0]
+    kw: dict[str, Any] = {}
+    for f in fields(first):
+        vals = [getattr(s, f.name) for s in states]
+        if isinstance(vals[0], Tensor):
+            kw[f.name] = torch.cat(vals)
+        elif any(v != vals[0] for v in vals):
+            raise ValueError(f"cannot join states made at different {f.name}: {sorted(set(vals))}")
+        else:
+            kw[f.name] = vals[0]
+    return type(first)(**kw)
