@@ -148,9 +148,12 @@ def _best_at(doc: dict[str, Any], n: int) -> str | None:
     return min(rows, key=lambda r: r["mse"])["solver"] if rows else None
 
 
-def _image_panel(x0: Tensor, panels: dict[str, Tensor], doc: dict[str, Any], path: Path) -> None:
+def _image_panel(x0: Tensor, panels: dict[str, Tensor], doc: dict[str, Any], path: Path, cols: int = 16) -> None:
+    """Rows: originals, then reconstruction and |difference| for DDIM and the best solver at S = 10."""
     if x0.ndim != 4:
         return
+    x0 = x0[:cols]
+    panels = {k: v[:cols] for k, v in panels.items()}
     best = _best_at(doc, 10)
     rows = [to_unit(x0)]
     for name in dict.fromkeys(n for n in ("euler", best) if n in panels):
