@@ -58,6 +58,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], torch.dev
     except (FileNotFoundError, ValueError, ImportError) as err:  # ModelFormatError is a ValueError
         raise CLIError(str(err)) from None
     model.eval()
+    if getattr(args, "half", False):  # the network runs in half precision; the solver state stays float32
+        model = model.to(torch.bfloat16 if dev.type == "cpu" else torch.float16)
+    if getattr(args, "compile", False):
+        model = torch.compile(model)
     return model, schedule, meta, dev
 
 
@@ -421,6 +425,10 @@ def _common(p: argparse.ArgumentParser, steps: int = 20) -> None:
     p.add_argument("--grid", default="uniform", help="uniform, quad, logsnr or karras (default uniform)")
     p.add_argument("--solver-option", action="append", metavar="KEY=VALUE", help="solver constructor option")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off for many NFE)")
+    p.add_argument(
+        "--half", action="store_true", help="run the network in float16 (bfloat16 on CPU); solver state stays float32"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
