@@ -39,6 +39,9 @@ __all__ = ["accuracy_study", "plot_accuracy", "accuracy_table", "PROBLEMS"]
 PROBLEMS = ("ring", "mix64", "model")
 DEFAULT_NFES = (3, 5, 10, 20, 50)
 MODEL_NUM = 8  # images for the built-in-model problem
+# the network's field has a kink at every integer timestep (t is piecewise linear in log σ), which makes
+# rtol 1e-10 cost ~15k NFE; at 1e-8 the reference differs from a 1e-6 solve by 6e-6 RMS, far below the errors measured
+REF_RTOL_MODEL = 1e-8
 ADAPTIVE_RTOLS = (1e-2, 1e-3, 1e-4)
 
 
@@ -53,6 +56,7 @@ def _problem(name: str, num: int, seed: int, device: torch.device) -> dict[str, 
             "prediction": "eps",
             "x0": x0,
             "label": repr(oracle),
+            "ref_rtol": 1e-10,
         }
     if name == "model":
         from ..data import load_digits
@@ -69,6 +73,7 @@ def _problem(name: str, num: int, seed: int, device: torch.device) -> dict[str, 
             "prediction": meta.get("prediction", "eps"),
             "x0": x0,
             "label": "built-in digits model",
+            "ref_rtol": REF_RTOL_MODEL,
         }
     raise ValueError(f"unknown problem {name!r}; allowed: {', '.join(PROBLEMS)}")
 
@@ -133,7 +138,7 @@ def accuracy_study(
             start, s0, s1 = prob["x0"].to(torch.float64), 0.0, s_top
         field = ProbabilityFlowODE(prob["model"], sch, prediction=prob["prediction"])
         t0 = time.perf_counter()
-        ref, ref_nfe = reference_solve(field, start, s0, s1, rtol=1e-10, atol=1e-10)
+        ref, ref_nfe = reference_solve(field, start, s0, s1, rtol=prob["ref_rtol"], atol=prob["ref_rtol"])
         references.append(
             {
                 "problem": prob_name,
@@ -211,7 +216,7 @@ def accuracy_study(
             "num": num,
             "model_num": min(num, MODEL_NUM),
             "seed": seed,
-            "reference": "scipy DOP853, rtol = atol = 1e-10, float64",
+            "reference": "scipy DOP853 in float64, rtol = atol = 1e-10 (analytic problems), 1e-8 (built-in model)",
             "error": "RMS per dimension of x̄",
             "quick": quick,
         },
