@@ -233,10 +233,11 @@ def plot_accuracy(doc: dict[str, Any], out_dir: str | Path) -> Path:
     plt = pyplot()
     s = doc["settings"]
     grid = s["grids"][0]
-    panels = [(p, d) for p in s["problems"] for d in s["directions"]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    panels = [(p, d) for d in s["directions"] for p in s["problems"]]
+    nrow, ncol = len(s["directions"]), len(s["problems"])
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.4 * nrow), squeeze=False)
     order = {(o["problem"], o["direction"], o["solver"]): o["order"] for o in doc["orders"] if o["grid"] == grid}
-    for ax, (p, d) in zip(axes[0], panels):
+    for ax, (p, d) in zip(axes.reshape(-1), panels):
         for name in s["solvers"]:
             rows = [
                 r
