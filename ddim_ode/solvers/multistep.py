@@ -14,6 +14,7 @@ coordinates. σ = 0 is an ordinary point for a polynomial in σ, so no special f
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -28,10 +29,16 @@ __all__ = ["PLMS", "adams_bashforth_weights"]
 _LIU_2022 = "Liu, Ren, Lin & Zhao 2022, Pseudo Numerical Methods for Diffusion Models on Manifolds (ICLR)"
 
 
+@functools.lru_cache(maxsize=8)
+def _gauss_legendre(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes and weights on [−1, 1] (exact for polynomials of degree < 2k), cached."""
+    return np.polynomial.legendre.leggauss(k)
+
+
 def adams_bashforth_weights(nodes: list[float], sigma: float, sigma_next: float) -> list[float]:
     """β_j = ∫_σ^σ' ℓ_j(s) ds for the Lagrange basis ℓ_j on ``nodes`` (float64, any spacing)."""
     k = len(nodes)
-    xg, wg = np.polynomial.legendre.leggauss(max(k, 1))
+    xg, wg = _gauss_legendre(max(k, 1))
     half = 0.5 * (sigma_next - sigma)
     s = 0.5 * (sigma + sigma_next) + half * xg
     w = half * wg
