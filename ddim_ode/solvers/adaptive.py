@@ -131,14 +131,14 @@ class TorchDiffEqSolver(Solver):
                 times = [math.log(s) for s in points]
 
                 def rhs(s: Tensor, y: Tensor) -> Tensor:
-                    sigma = math.exp(float(s))
+                    sigma = math.exp(float(s.detach()))
                     return sigma * field(y, sigma)
 
             else:
                 times = points
 
                 def rhs(s: Tensor, y: Tensor) -> Tensor:
-                    return field(y, max(float(s), 0.0))
+                    return field(y, max(float(s.detach()), 0.0))
 
             t = torch.tensor(times, dtype=torch.float64, device=xbar.device)
             # Land a step exactly on the segment's end: torchdiffeq otherwise steps past it and returns a
