@@ -91,21 +91,19 @@ def _run_kwargs(args: argparse.Namespace, model: Any, schedule: Any, meta: dict[
 
 
 def _event_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    shape = meta.get("sample_shape")
-    if shape:
-        return tuple(int(s) for s in shape)
-    for key in ("unet", "config"):
-        cfg = meta.get(key) or {}
-        if "in_channels" in cfg and ("resolution" in cfg or "sample_size" in cfg):
-            side = int(cfg.get("resolution", cfg.get("sample_size")))
-            return (int(cfg["in_channels"]), side, side)
-    raise CLIError("cannot tell the image shape of this model; it needs a config with in_channels and resolution")
+    from .io import sample_shape
+
+    try:
+        return sample_shape(meta)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
 
 
 def _noise(num: int, shape: tuple[int, ...], seed: int, device: torch.device) -> Tensor:
-    """Per-index seeded noise: sample i depends only on (seed, i), not on batch size or order."""
-    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i)) for i in range(num)]
-    return torch.stack(rows).to(device)
+    """Per-index seeded noise (sample i depends only on (seed, i)), the same as sharded runs use."""
+    from .distributed import index_noise
+
+    return index_noise(seed, 0, num, shape, device=device)
 
 
 def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-def]

@@ -596,3 +596,11 @@ def load_any(path: str | Path | None = None, device: str | torch.device | None =
         f"{p} is not a model this package can load; allowed: 'default', a ddim_ode model directory "
         f"({MODEL_FILE} + {CONFIG_FILE}), or a diffusers UNet2DModel / pipeline directory"
     )
+
+
+def sample_shape(metadata: Mapping[str, Any]) -> tuple[int, ...]:
+    """The (C, H, W) of a loaded model's samples, from the ``sample_shape`` every loader records."""
+    shape = metadata.get("sample_shape")
+    if not shape:
+        raise ValueError("cannot tell the sample shape of this model: its metadata has no 'sample_shape'")
+    return tuple(int(v) for v in shape)

@@ -155,10 +155,9 @@ def check_solvers(names: Iterable[str]) -> list[str]:
 
 def event_shape(meta: dict[str, Any]) -> tuple[int, ...]:
     """The (C, H, W) of a loaded model's samples (the built-in model: (1, 8, 8))."""
-    if meta.get("sample_shape"):
-        return tuple(int(v) for v in meta["sample_shape"])
-    unet = meta.get("unet", {})
-    return (int(unet.get("in_channels", 1)), int(unet.get("resolution", 8)), int(unet.get("resolution", 8)))
+    from ..io import sample_shape
+
+    return sample_shape(meta)
 
 
 def finish(
