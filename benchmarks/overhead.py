@@ -13,9 +13,8 @@ timesteps (DDIM's ``range(0, T, T//n)`` from the top, then to ᾱ = 1):
   the σ values and t tensors computed before the loop: the floor any driver can reach;
 * ``ddim_ode:<solver>`` — :func:`ddim_ode.decode` with each registered solver (default
   ``check_finite=True``), and ``...[check_finite=False]`` for the deterministic fixed-grid ones;
-* ``proposed:<solver>`` — the same solver and field with the two driver changes proposed in
-  ``docs/scaling.md`` (t(σ) from a table filled once per solve; the per-step finite flag taken
-  from one sum instead of ``isfinite(x).all()``); outputs are checked equal to ``decode``'s;
+* ``hand-dpm++2m`` — the minimal DPM-Solver++(2M) loop (coefficients computed before the loop,
+  three fused operations per step): the floor of a two-term multistep method;
 * ``diffusers:DDIM`` / ``DPMSolverMultistep`` / ``UniPCMultistep`` — diffusers' scheduler loops
   (``set_timesteps`` + ``step`` per timestep), when diffusers is installed.
 
@@ -46,7 +45,7 @@ import torch
 from torch import Tensor
 
 import ddim_ode
-from ddim_ode import DiscreteSchedule, ProbabilityFlowODE, decode, make_grid
+from ddim_ode import DiscreteSchedule, decode, make_grid
 from ddim_ode.solvers import SOLVERS, get_solver
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,77 +60,6 @@ class ZeroCost:
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         self.calls += 1
         return x_t * 0.1
-
-
-class PrefilledField(ProbabilityFlowODE):
-    """:class:`ddim_ode.ProbabilityFlowODE` with the change proposed in ``docs/scaling.md``.
-
-    ``prepare(sigmas)`` tabulates t(σ) at every grid point with one vectorised schedule call, so an
-    evaluation at a grid point costs a dict look-up instead of a scalar schedule call (off-grid σ,
-    e.g. Runge–Kutta stages, are computed once and memoised); no-op casts are skipped. Otherwise
-    identical to the field's ``__call__`` (the benchmark checks that outputs are bit-identical).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._t_of: dict[float, float] = {}
-        self._ab_of: dict[float, float] = {}
-
-    def prepare(self, sigmas: Tensor) -> None:
-        sig = sigmas.detach().to(torch.float64).cpu().reshape(-1)
-        self._t_of.update(zip(sig.tolist(), self.schedule.t(sig).tolist()))
-
-    def _t(self, sigma: float) -> float:
-        t = self._t_of.get(sigma)
-        if t is None:
-            t = float(self.schedule.t(sigma))
-            if len(self._t_of) < 65536:
-                self._t_of[sigma] = t
-        return t
-
-    def __call__(self, xbar: Tensor, sigma: float) -> Tensor:
-        sigma = float(sigma)
-        if self.exact:
-            return super().__call__(xbar, sigma)
-        self.nfe += 1
-        x_t = xbar * (1.0 + sigma * sigma) ** -0.5
-        t = self._t(sigma)
-        if not self._checked:
-            self._check_device(xbar)
-        in_dtype = self.model_dtype or xbar.dtype
-        t_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
-        t_vec = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
-        out = self._check(self.model(x_t if x_t.dtype == in_dtype else x_t.to(in_dtype), t_vec), xbar)
-        if out.dtype != xbar.dtype:
-            out = out.to(xbar.dtype)
-        if self.prediction == "eps":
-            return out
-        ab = self._ab_of.get(t)
-        if ab is None:
-            ab = float(self.schedule.alpha_bar(t))
-            if len(self._ab_of) < 65536:
-                self._ab_of[t] = ab
-        a, s = ab**0.5, (1.0 - ab) ** 0.5
-        if self.prediction == "v":
-            return s * x_t + a * out
-        return (x_t - a * out) / s
-
-
-def proposed_solve(field: PrefilledField, xbar: Tensor, sigmas: Tensor, name: str) -> tuple[Tensor, int]:
-    """:func:`ddim_ode.solve` with the proposed changes: t table, and a finite check on one sum per step.
-
-    A sum is NaN/±Inf as soon as one element is (or on overflow, which at |sum| > 3e38 is a blow-up
-    too); the flags stay on the device and are read once at the end, as now.
-    """
-    slv = get_solver(name)
-    sig = sigmas.to(torch.float64).cpu()
-    field.prepare(sig)
-    flags: list[Tensor] = []
-    nfe0 = field.nfe
-    out, _ = slv.solve(field, xbar, sig, lambda i, s, xb: flags.append(xb.detach().sum()), None)
-    if flags and not bool(torch.isfinite(torch.stack(flags)).all()):
-        raise FloatingPointError("NaN/Inf appeared")
-    return out / math.sqrt(1.0 + float(sig[-1]) ** 2), field.nfe - nfe0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,20 +81,43 @@ def hand_euler(model: ZeroCost, schedule: DiscreteSchedule, n: int) -> Callable[
     return run
 
 
-def ours(model: ZeroCost, schedule: DiscreteSchedule, n: int, name: str, check_finite: bool = True):  # type: ignore[no-untyped-def]
+def hand_dpmpp_2m(model: ZeroCost, schedule: DiscreteSchedule, n: int) -> Callable[[Tensor], tuple[Tensor, int]]:
+    """The minimal DPM-Solver++(2M) loop in x̄ (coefficients computed before the loop, fused updates)."""
+    sig = [float(s) for s in make_grid(schedule, "uniform", n)]
+    t_of = [float(schedule.t(s)) for s in sig[:-1]]
+    coef = []  # per step: (σ'/σ, weight of D₀, weight of D₋₁); first step first order, last step DDIM
+    for i in range(len(sig) - 1):
+        s, s1 = sig[i], sig[i + 1]
+        if s1 == 0.0:
+            coef.append((0.0, 1.0, 0.0))
+            continue
+        h = math.log(s / s1)
+        phi1 = math.expm1(-h)
+        if i == 0:
+            coef.append((s1 / s, -phi1, 0.0))
+        else:
+            c = 0.5 * phi1 * h / math.log(sig[i - 1] / s)
+            coef.append((s1 / s, -phi1 - c, c))
+
     def run(x: Tensor) -> tuple[Tensor, int]:
-        sol = decode(x, name, n, model=model, schedule=schedule, check_finite=check_finite, return_solution=True)
-        return sol.x, sol.nfe  # type: ignore[union-attr]
+        ts = [torch.full((x.shape[0],), t, device=x.device) for t in t_of]
+        xbar = x * math.sqrt(1.0 + sig[0] ** 2)
+        d_prev = xbar
+        for i in range(len(sig) - 1):
+            eps = model(xbar * (1.0 + sig[i] ** 2) ** -0.5, ts[i])
+            d = torch.add(xbar, eps, alpha=-sig[i])
+            a, c0, c1 = coef[i]
+            xbar = torch.add(torch.add(xbar * a, d, alpha=c0), d_prev, alpha=c1) if a else d
+            d_prev = d
+        return xbar, len(sig) - 1
 
     return run
 
 
-def proposed(model: ZeroCost, schedule: DiscreteSchedule, n: int, name: str):  # type: ignore[no-untyped-def]
-    sig = make_grid(schedule, "uniform", n)
-    s0 = math.sqrt(1.0 + float(sig[0]) ** 2)
-
+def ours(model: ZeroCost, schedule: DiscreteSchedule, n: int, name: str, check_finite: bool = True):  # type: ignore[no-untyped-def]
     def run(x: Tensor) -> tuple[Tensor, int]:
-        return proposed_solve(PrefilledField(model, schedule), x * s0, sig, name)
+        sol = decode(x, name, n, model=model, schedule=schedule, check_finite=check_finite, return_solution=True)
+        return sol.x, sol.nfe  # type: ignore[union-attr]
 
     return run
 
@@ -242,12 +193,13 @@ def build_loops(
     model: ZeroCost, schedule: DiscreteSchedule, n: int, solvers: list[str], with_diffusers: bool
 ) -> dict[str, Callable[[Tensor], tuple[Tensor, int]]]:
     loops: dict[str, Callable[[Tensor], tuple[Tensor, int]]] = {"hand-euler": hand_euler(model, schedule, n)}
+    if "dpm-solver++2m" in solvers:
+        loops["hand-dpm++2m"] = hand_dpmpp_2m(model, schedule, n)
     for name in solvers:
         loops[f"ddim_ode:{name}"] = ours(model, schedule, n, name)
         slv = get_solver(name)
         if not slv.adaptive and not float(getattr(slv, "eta", 0.0) or 0.0) > 0:
             loops[f"ddim_ode:{name}[check_finite=False]"] = ours(model, schedule, n, name, check_finite=False)
-            loops[f"proposed:{name}"] = proposed(model, schedule, n, name)
     if with_diffusers:
         sig = make_grid(schedule, "uniform", n)
         ts = [int(round(float(schedule.t(float(s))))) for s in sig[:-1]]
@@ -284,9 +236,8 @@ def agreement_check(
     scale = float(outs["hand-euler"].float().abs().max())
     rel = lambda a, b: float((a.float() - b.float()).abs().max()) / scale
     out = {}
-    for name in outs:
-        if name.startswith("proposed:"):
-            out[f"{name} vs ddim_ode:{name[9:]}"] = rel(outs[name], outs[f"ddim_ode:{name[9:]}"])
+    if "hand-dpm++2m" in outs and "ddim_ode:dpm-solver++2m" in outs:
+        out["ddim_ode:dpm-solver++2m vs hand-dpm++2m"] = rel(outs["ddim_ode:dpm-solver++2m"], outs["hand-dpm++2m"])
     if "ddim_ode:euler" in outs:
         out["ddim_ode:euler vs hand-euler"] = rel(outs["ddim_ode:euler"], outs["hand-euler"])
     if "diffusers:DDIM" in outs and "ddim_ode:euler" in outs:

@@ -85,56 +85,67 @@ class ProbabilityFlowODE:
         self.exact = isinstance(model, SigmaModel)
         self.nfe = 0
         self._checked = False
-        self._t_of: dict[float, float] = {}  # t(σ), filled by prepare() and memoised per σ
-        self._ab_of: dict[float, float] = {}  # ᾱ(t) for x0/v-prediction, memoised per t
+        # per σ: (t(σ), 1/√(1+σ²), √ᾱ, √(1−ᾱ)); filled by prepare() and memoised per σ
+        self._coef_of: dict[float, tuple[float, float, float, float]] = {}
 
     def prepare(self, sigmas: Tensor) -> None:
-        """Tabulate t(σ) at the points of a grid with one vectorised schedule call.
+        """Tabulate t(σ) (and the input scaling) at the points of a grid with one vectorised call.
 
-        The solver loop then looks t up instead of calling the schedule once per network
+        The solver loop then looks them up instead of calling the schedule once per network
         evaluation (a scalar schedule call costs about as much as a small network's step).
         Off-grid σ (Runge–Kutta stages) are computed on first use and memoised.
         """
         sig = sigmas.detach().to(torch.float64).cpu().reshape(-1)
-        self._t_of.update(zip(sig.tolist(), self.schedule.t(sig).tolist()))
+        ts = self.schedule.t(sig)
+        ab = self.schedule.alpha_bar(ts) if self.prediction != "eps" else torch.zeros_like(ts)
+        for s, t, a in zip(sig.tolist(), ts.tolist(), ab.tolist()):
+            if s not in self._coef_of:
+                self._coef_of[s] = (t, (1.0 + s * s) ** -0.5, a**0.5, (1.0 - a) ** 0.5)
+
+    def _coefficients(self, sigma: float) -> tuple[float, float, float, float]:
+        sigma = float(sigma)
+        c = self._coef_of.get(sigma)
+        if c is None:
+            t = float(self.schedule.t(sigma))
+            a = float(self.schedule.alpha_bar(t)) if self.prediction != "eps" else 0.0
+            c = (t, (1.0 + sigma * sigma) ** -0.5, a**0.5, (1.0 - a) ** 0.5)
+            if len(self._coef_of) < 65536:  # bounded: adaptive solvers visit ever new σ
+                self._coef_of[sigma] = c
+        return c
 
     def _t(self, sigma: float) -> float:
-        t = self._t_of.get(sigma)
-        if t is None:
-            t = float(self.schedule.t(sigma))
-            if len(self._t_of) < 65536:  # bounded: adaptive solvers visit ever new σ
-                self._t_of[sigma] = t
-        return t
+        """t(σ) in the schedule's units, as the network sees it."""
+        return self._coefficients(sigma)[0]
 
     def __call__(self, xbar: Tensor, sigma: float) -> Tensor:
         """ε at (x̄, σ), which is dx̄/dσ; same shape and dtype as ``xbar``."""
-        sigma = float(sigma)
         self.nfe += 1
         if self.exact:
-            out = self.model.eps_xbar(xbar, sigma)  # type: ignore[union-attr]
+            out = self.model.eps_xbar(xbar, float(sigma))  # type: ignore[union-attr]
             return self._check(out.to(xbar.dtype), xbar)
-        x_t = xbar * (1.0 + sigma * sigma) ** -0.5
-        t = self._t(sigma)
+        c = self._coef_of.get(sigma)
+        t, c_in, a, s = c if c is not None else self._coefficients(sigma)
+        x_t = xbar * c_in
+        dtype = self.model_dtype
+        if dtype is None or dtype == x_t.dtype:
+            dtype, x_in = x_t.dtype, x_t
+        else:
+            x_in = x_t.to(dtype)
+        t_vec = torch.full(
+            (xbar.shape[0],), t, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=xbar.device
+        )
         if not self._checked:
             self._check_device(xbar)
-        in_dtype = self.model_dtype or xbar.dtype
-        t_dtype = torch.float64 if in_dtype == torch.float64 else torch.float32
-        t_vec = torch.full((xbar.shape[0],), t, dtype=t_dtype, device=xbar.device)
-        out = self.model(x_t if x_t.dtype == in_dtype else x_t.to(in_dtype), t_vec)  # type: ignore[operator]
-        out = self._check(out, xbar)
+            out = self._check(self.model(x_in, t_vec), xbar)  # type: ignore[operator]
+        else:
+            out = self.model(x_in, t_vec)  # type: ignore[operator]
         if out.dtype != xbar.dtype:
             out = out.to(xbar.dtype)
         if self.prediction == "eps":
             return out
-        ab = self._ab_of.get(t)
-        if ab is None:
-            ab = float(self.schedule.alpha_bar(t))
-            if len(self._ab_of) < 65536:
-                self._ab_of[t] = ab
-        a, s = ab**0.5, (1.0 - ab) ** 0.5
         if self.prediction == "v":  # ε = √(1−ᾱ) x_t + √ᾱ v
-            return s * x_t + a * out
-        return (x_t - a * out) / s  # x0-prediction: ε = (x_t − √ᾱ x0)/√(1−ᾱ)
+            return torch.add(s * x_t, out, alpha=a)
+        return torch.add(x_t, out, alpha=-a) / s  # x0-prediction: ε = (x_t − √ᾱ x0)/√(1−ᾱ)
 
     def denoise(self, xbar: Tensor, sigma: float) -> Tensor:
         """The denoiser D(x̄, σ) = x̄ − σ ε(x̄, σ): the model's estimate of x0 (one NFE)."""

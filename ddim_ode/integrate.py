@@ -175,6 +175,11 @@ def solve(
             flags.append(xb.detach().sum())
 
     use_cb = trajectory or check_finite
+    if check_finite and not trajectory:  # the common case, without the branches
+        if torch.is_grad_enabled():
+            callback = lambda i, sigma, xb: flags.append(xb.detach().sum())
+        else:
+            callback = lambda i, sigma, xb: flags.append(xb.sum())
     prepare = getattr(field, "prepare", None)
     if prepare is not None:
         prepare(sig)  # t(σ) at the grid points in one vectorised call, instead of one per step

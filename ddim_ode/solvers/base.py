@@ -24,11 +24,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
 
-__all__ = ["Solver", "SolverInfo", "Evaluation", "register", "get_solver", "solvers", "SOLVERS", "touches_zero"]
+__all__ = [
+    "Solver",
+    "SolverInfo",
+    "Evaluation",
+    "register",
+    "get_solver",
+    "solvers",
+    "SOLVERS",
+    "touches_zero",
+    "lincomb",
+]
 
 
 class Solver:
@@ -110,7 +121,22 @@ class Evaluation:
 def evaluate(field: ProbabilityFlowODE, xbar: Tensor, sigma: float) -> Evaluation:
     """ε and D at (x̄, σ): one NFE."""
     eps = field(xbar, sigma)
-    return Evaluation(sigma, eps, xbar - sigma * eps)
+    return Evaluation(sigma, eps, torch.add(xbar, eps, alpha=-sigma))
+
+
+def lincomb(terms: list[tuple[float, Tensor]]) -> Tensor:
+    """Σ c_j T_j as a chain of fused ``x + c·T`` operations: one pass over the state per term.
+
+    The first term is scaled (skipped when its coefficient is 1); terms with a zero coefficient
+    after the first are dropped. Coefficients are host floats, so nothing syncs with the device.
+    """
+    c0, out = terms[0]
+    if c0 != 1.0:
+        out = out * c0
+    for c, t in terms[1:]:
+        if c != 0.0:
+            out = torch.add(out, t, alpha=c)
+    return out
 
 
 def touches_zero(sigma: float, sigma_next: float) -> bool:

@@ -22,15 +22,17 @@ All coefficients are computed in float64 on the host from the grid actually used
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
-from .base import Evaluation, Solver, evaluate, register, touches_zero
+from .base import Evaluation, Solver, evaluate, lincomb, register, touches_zero
 
 __all__ = [
     "DPMSolver",
@@ -86,22 +88,23 @@ def dpm_solver_step(
     λ + r1 h and λ + r2 h, default 1/3 and 2/3 when ``order == 3``). ``eps`` = ε(x̄, σ) if known.
     """
     eps0 = field(xbar, sigma) if eps is None else eps
-    base = xbar + (sigma_next - sigma) * eps0
     if order == 1:
-        return base
+        return torch.add(xbar, eps0, alpha=sigma_next - sigma)
     h = math.log(sigma / sigma_next)  # λ' − λ
     sigma1 = sigma * math.exp(-r1 * h)
-    u1 = xbar + (sigma1 - sigma) * eps0
-    d1 = field(u1, sigma1) - eps0
-    if order == 2:
-        return base + ((sigma_next - sigma) / (2.0 * r1)) * d1
+    eps1 = field(torch.add(xbar, eps0, alpha=sigma1 - sigma), sigma1)
+    if order == 2:  # x̄ + (σ' − σ)[ε₀ + (ε₁ − ε₀)/(2 r1)]
+        c1 = (sigma_next - sigma) / (2.0 * r1)
+        return lincomb([(1.0, xbar), (sigma_next - sigma - c1, eps0), (c1, eps1)])
     sigma2 = sigma * math.exp(-r2 * h)
     # σ_s2 ((e^{r2 h} − 1)/(r2 h) − 1) and σ' ((e^h − 1)/h − 1): the φ₂ terms in x̄ coordinates
     phi2_s2 = sigma2 * (math.expm1(r2 * h) / (r2 * h) - 1.0)
     phi2_t = sigma_next * (math.expm1(h) / h - 1.0)
-    u2 = xbar + (sigma2 - sigma) * eps0 - (r2 / r1 * phi2_s2) * d1
-    d2 = field(u2, sigma2) - eps0
-    return base - (phi2_t / r2) * d2
+    # u₂ = x̄ + (σ₂ − σ) ε₀ − (r2/r1) φ₂(s₂) (ε₁ − ε₀);  x̄' = x̄ + (σ' − σ) ε₀ − (φ₂(t)/r2) (ε₂ − ε₀)
+    k1 = r2 / r1 * phi2_s2
+    eps2 = field(lincomb([(1.0, xbar), (sigma2 - sigma + k1, eps0), (-k1, eps1)]), sigma2)
+    k2 = phi2_t / r2
+    return lincomb([(1.0, xbar), (sigma_next - sigma + k2, eps0), (-k2, eps2)])
 
 
 class DPMSolver(Solver):
@@ -245,30 +248,34 @@ class DPMSolverPlusPlus(Solver):
         e0 = evaluate(field, xbar, sigma)
         new_state = (history + (e0,))[-k:]
         if touches_zero(sigma, sigma_next):
-            return xbar + (sigma_next - sigma) * e0.eps, new_state
+            return torch.add(xbar, e0.eps, alpha=sigma_next - sigma), new_state
         prev = _usable(history, k - 1, sigma, sigma_next)
         p = 1 + len(prev)
         if p < k and self.warmup == "singlestep":
             return dpm_solver_step(field, xbar, sigma, sigma_next, k, eps=e0.eps), new_state
         h = math.log(sigma / sigma_next)
         phi1 = math.expm1(-h)
-        out = (sigma_next / sigma) * xbar - phi1 * e0.x0
-        if p == 1:
-            return out, new_state
+        ratio = sigma_next / sigma
+        if p == 1:  # (σ'/σ) x̄ − φ₁ D₀
+            return lincomb([(ratio, xbar), (-phi1, e0.x0)]), new_state
         e1 = prev[0]
         r0 = (e0.lam - e1.lam) / h
-        d1_0 = (e0.x0 - e1.x0) / r0
-        if p == 2:
-            return out - (0.5 * phi1) * d1_0, new_state
+        if p == 2:  # (σ'/σ) x̄ − φ₁ D₀ − (φ₁/2) (D₀ − D₁)/r₀
+            c = 0.5 * phi1 / r0
+            return lincomb([(ratio, xbar), (-phi1 - c, e0.x0), (c, e1.x0)]), new_state
         e2 = prev[1]
         r1 = (e1.lam - e2.lam) / h
-        d1_1 = (e1.x0 - e2.x0) / r1
         phi2 = phi1 / h + 1.0
         phi3 = phi2 / h - 0.5
         scale = 2.0 if self.third_order_term == "taylor" else 1.0
-        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-        d2 = (scale / (r0 + r1)) * (d1_0 - d1_1)
-        return out + phi2 * d1 - phi3 * d2, new_state
+        # x̄' = (σ'/σ) x̄ − φ₁ D₀ + φ₂ 𝐃₁ − φ₃ 𝐃₂ with, for δ = d₀ − d₁ = D₀/r₀ − (1/r₀ + 1/r₁) D₁ + D₂/r₁,
+        # 𝐃₁ = d₀ + r₀ q δ and 𝐃₂ = scale·q δ (q = 1/(r₀ + r₁), d₀ = (D₀ − D₁)/r₀), expanded per D
+        q = 1.0 / (r0 + r1)
+        w = phi2 * r0 * q - phi3 * scale * q  # the weight of δ
+        c0 = -phi1 + phi2 / r0 + w / r0
+        c1 = -phi2 / r0 - w * (1.0 / r0 + 1.0 / r1)
+        c2 = w / r1
+        return lincomb([(ratio, xbar), (c0, e0.x0), (c1, e1.x0), (c2, e2.x0)]), new_state
 
     def __repr__(self) -> str:
         return (
@@ -380,39 +387,22 @@ class UniPC(Solver):
         e0 = history[-1]
         keep = self.predictor_order
         if touches_zero(sigma, sigma_next):
-            return xbar + (sigma_next - sigma) * e0.eps, UniPCState(history[-keep:], state.sigma_end)
+            return torch.add(xbar, e0.eps, alpha=sigma_next - sigma), UniPCState(history[-keep:], state.sigma_end)
         prev = _usable(history[:-1], self.predictor_order - 1, sigma, sigma_next)
-        p = 1 + len(prev)
         h = math.log(sigma / sigma_next)
-        hh = -h if self.prediction == "data" else h
-        rks = [(e.lam - e0.lam) / h for e in prev] + [1.0]
-        m0 = self._model(e0)
-        d1s = [(self._model(e) - m0) / r for e, r in zip(prev, rks)]
-        h_phi_1 = math.expm1(hh)
-        b_h = hh if self.variant == "bh1" else h_phi_1
-        big_r = np.array([[r ** (i - 1) for r in rks] for i in range(1, p + 1)])
-        b = []
-        h_phi_k, factorial = h_phi_1 / hh - 1.0, 1.0
-        for i in range(1, p + 1):
-            b.append(h_phi_k * factorial / b_h)
-            factorial *= i + 1
-            h_phi_k = h_phi_k / hh - 1.0 / factorial
-        if self.prediction == "data":
-            base = (sigma_next / sigma) * xbar - h_phi_1 * m0
-            scale = b_h
-        else:
-            base = xbar - (sigma_next * h_phi_1) * m0
-            scale = sigma_next * b_h
-        x_pred = base
-        if p >= 2:
-            rhos_p = [0.5] if p == 2 else [float(v) for v in np.linalg.solve(big_r[:-1, :-1], np.array(b[:-1]))]
-            x_pred = base - scale * _combine(rhos_p, d1s)
-        if not self.corrector or sigma_next == state.sigma_end:
+        rks = tuple((e.lam - e0.lam) / h for e in prev)
+        correct = self.corrector and sigma_next != state.sigma_end
+        a, c_pred, c_corr = _unipc_coefficients(
+            rks, h, sigma_next / sigma, sigma_next, self.variant, self.prediction, correct
+        )
+        models = [self._model(e0)] + [self._model(e) for e in prev]
+        x_pred = lincomb([(a, xbar)] + list(zip(c_pred, models)))
+        if not correct:
             return x_pred, UniPCState(history[-keep:], state.sigma_end)
         e_t = evaluate(field, x_pred, sigma_next)
-        rhos_c = [0.5] if p == 1 else [float(v) for v in np.linalg.solve(big_r, np.array(b))]
-        correction = _combine(rhos_c, d1s + [self._model(e_t) - m0])
-        return base - scale * correction, UniPCState((history + (e_t,))[-keep:], state.sigma_end)
+        # corrected = predicted + Σ (corrector − predictor weight) · model output
+        delta = [(cc - cp, m) for cc, cp, m in zip(c_corr, c_pred, models)] + [(c_corr[-1], self._model(e_t))]
+        return lincomb([(1.0, x_pred)] + delta), UniPCState((history + (e_t,))[-keep:], state.sigma_end)
 
     def __repr__(self) -> str:
         return (
@@ -421,8 +411,47 @@ class UniPC(Solver):
         )
 
 
-def _combine(weights: list[float], tensors: list[Tensor]) -> Tensor:
-    out = weights[0] * tensors[0]
-    for w, t in zip(weights[1:], tensors[1:]):
-        out = out + w * t
-    return out
+@functools.lru_cache(maxsize=4096)
+def _unipc_coefficients(
+    rks: tuple[float, ...], h: float, ratio: float, sigma_next: float, variant: str, prediction: str, correct: bool
+) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
+    """UniPC's step as weights on x̄ and on the model outputs m₀, m₁, … (and, corrected, m(x̃')).
+
+    ``rks`` are r_k = (λ_k − λ₀)/h of the previous outputs (most recent first), h = λ' − λ₀ and
+    ``ratio`` = σ'/σ. With D_k = (m_k − m₀)/r_k the predictor is x̃' = base − scale Σ ρᵖ_k D_k and
+    the corrector x̄' = base − scale (Σ ρᶜ_k D_k + ρᶜ_p (m' − m₀)), base = A x̄ − B m₀; ρ solve
+    Zhao et al.'s linear system (their Alg. 2/3) on the r_k. Returns (A, predictor weights of
+    (m₀, m₁, …), corrector weights of (m₀, m₁, …, m')). Pure and memoised: a grid used again costs
+    no linear solves.
+    """
+    p = len(rks) + 1
+    hh = -h if prediction == "data" else h
+    h_phi_1 = math.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
+    big_r = np.array([[r ** (i - 1) for r in (*rks, 1.0)] for i in range(1, p + 1)])
+    b = []
+    h_phi_k, factorial = h_phi_1 / hh - 1.0, 1.0
+    for i in range(1, p + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1.0 / factorial
+    if prediction == "data":
+        a, base_m0, scale = ratio, -h_phi_1, b_h
+    else:
+        a, base_m0, scale = 1.0, -sigma_next * h_phi_1, sigma_next * b_h
+
+    def weights(rhos: list[float], rs: tuple[float, ...]) -> list[float]:
+        # base − scale Σ ρ_k (m_k − m₀)/r_k, as weights of (m₀, m_1, …)
+        ws = [-scale * rho / r for rho, r in zip(rhos, rs)]
+        return [base_m0 - sum(ws)] + ws
+
+    if p <= 2:
+        rhos_p = [0.5] * (p - 1)
+    else:
+        rhos_p = [float(v) for v in np.linalg.solve(big_r[:-1, :-1], np.array(b[:-1]))]
+    c_pred = tuple(weights(rhos_p, rks))
+    if not correct:
+        return a, c_pred, ()
+    rhos_c = [0.5] if p == 1 else [float(v) for v in np.linalg.solve(big_r, np.array(b))]
+    c_corr = tuple(weights(rhos_c, (*rks, 1.0)))
+    return a, c_pred, c_corr

@@ -21,7 +21,7 @@ import numpy as np
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
-from .base import Solver, register, touches_zero
+from .base import Solver, lincomb, register, touches_zero
 from .rk import RK4_CLASSIC, rk_step
 
 __all__ = ["PLMS", "adams_bashforth_weights"]
@@ -37,6 +37,12 @@ def _gauss_legendre(k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def adams_bashforth_weights(nodes: list[float], sigma: float, sigma_next: float) -> list[float]:
     """β_j = ∫_σ^σ' ℓ_j(s) ds for the Lagrange basis ℓ_j on ``nodes`` (float64, any spacing)."""
+    return list(_ab_weights(tuple(float(v) for v in nodes), float(sigma), float(sigma_next)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ab_weights(nodes: tuple[float, ...], sigma: float, sigma_next: float) -> tuple[float, ...]:
+    """:func:`adams_bashforth_weights`, memoised: a grid used again costs no quadrature."""
     k = len(nodes)
     xg, wg = _gauss_legendre(max(k, 1))
     half = 0.5 * (sigma_next - sigma)
@@ -49,7 +55,7 @@ def adams_bashforth_weights(nodes: list[float], sigma: float, sigma_next: float)
             if m != j:
                 ell *= (s - node_m) / (node_j - node_m)
         out.append(float(w @ ell))
-    return out
+    return tuple(out)
 
 
 @register("plms")
@@ -86,18 +92,19 @@ class PLMS(Solver):
         self, field: ProbabilityFlowODE, xbar: Tensor, sigma: float, sigma_next: float, state: Any
     ) -> tuple[Tensor, Any]:
         k = self.steps_order
-        # entries behind σ in the direction of travel (a state from the other direction restarts)
-        history = tuple((s, e) for s, e in (state or ()) if (s - sigma) * (sigma_next - sigma) < 0.0)
+        history = state or ()
+        # entries behind σ in the direction of travel (a state from the other direction restarts);
+        # a history made along one direction is monotone, so checking its ends suffices
+        h = sigma_next - sigma
+        if history and not ((history[0][0] - sigma) * h < 0.0 and (history[-1][0] - sigma) * h < 0.0):
+            history = tuple((s, e) for s, e in history if (s - sigma) * h < 0.0)
         eps = field(xbar, sigma)
         history = (history + ((sigma, eps),))[-k:]
         if len(history) < k and self.warmup == "singlestep" and not touches_zero(sigma, sigma_next):
             return rk_step(field, xbar, sigma, sigma_next, RK4_CLASSIC, eps=eps), history
-        nodes = [s for s, _ in history]
-        weights = adams_bashforth_weights(nodes, sigma, sigma_next)
-        out = xbar
-        for w, (_, e) in zip(weights, history):
-            out = out + w * e
-        return out, history
+        weights = _ab_weights(tuple(s for s, _ in history), sigma, sigma_next)
+        # most recent first: the largest weight enters first
+        return lincomb([(1.0, xbar)] + [(w, e) for w, (_, e) in zip(weights[::-1], history[::-1])]), history
 
     def __repr__(self) -> str:
         return f"PLMS(order={self.steps_order}, warmup={self.warmup!r})"

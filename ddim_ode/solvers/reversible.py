@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
-from .base import Solver, register
+from .base import Solver, lincomb, register
 
 __all__ = [
     "BELM",
@@ -134,13 +134,13 @@ class BELM(Solver):
         eps = field(xbar, sigma)
         h = sigma_next - sigma
         if state is None:
-            return xbar + h * eps, here
+            return torch.add(xbar, eps, alpha=h), here
         h_prev = sigma - state.sigma
         if h_prev * h <= 0.0:
             raise _grid_mismatch(sigma, state.sigma)
         g = (h / h_prev) ** 2
         # DDIM(x̄ → σ') + g [x̄₋ − DDIM(x̄ → σ₋)] with DDIM(x̄ → σ₋) = x̄ − h₋ ε
-        return (xbar + h * eps) + g * (state.xbar - (xbar - h_prev * eps)), here
+        return lincomb([(g, state.xbar), (1.0 - g, xbar), (h * (1.0 + h / h_prev), eps)]), here
 
     def __repr__(self) -> str:
         return "BELM()"
@@ -194,9 +194,9 @@ class ReversibleHeun(Solver):
         elif state.sigma != sigma:
             raise _grid_mismatch(sigma, state.sigma)
         h = sigma_next - sigma
-        xhat_next = 2.0 * xbar - state.xhat + h * state.eps_hat
+        xhat_next = lincomb([(2.0, xbar), (-1.0, state.xhat), (h, state.eps_hat)])
         eps_next = field(xhat_next, sigma_next)
-        out = xbar + (0.5 * h) * (state.eps_hat + eps_next)
+        out = lincomb([(1.0, xbar), (0.5 * h, state.eps_hat), (0.5 * h, eps_next)])
         return out, ReversibleHeunState(sigma_next, xhat_next, eps_next)
 
     def __repr__(self) -> str:

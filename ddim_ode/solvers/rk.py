@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
@@ -115,7 +116,11 @@ def rk_step(
     tableau: ButcherTableau,
     eps: Tensor | None = None,
 ) -> Tensor:
-    """One explicit Runge–Kutta step in σ; ``eps`` = ε(x̄, σ) if already known (saves the first stage)."""
+    """One explicit Runge–Kutta step in σ; ``eps`` = ε(x̄, σ) if already known (saves the first stage).
+
+    Each stage and the update are chains of fused ``x + α·k`` operations (one pass over the state
+    per nonzero coefficient); a stage at ``c = 1`` is evaluated at exactly ``sigma_next``.
+    """
     h = sigma_next - sigma
     ks: list[Tensor] = []
     for i in range(tableau.stages):
@@ -125,12 +130,13 @@ def rk_step(
         x_i = xbar
         for a_ij, k_j in zip(tableau.a[i], ks):
             if a_ij != 0.0:
-                x_i = x_i + (h * a_ij) * k_j
-        ks.append(field(x_i, sigma + tableau.c[i] * h))
+                x_i = torch.add(x_i, k_j, alpha=h * a_ij)
+        c_i = tableau.c[i]
+        ks.append(field(x_i, sigma_next if c_i == 1.0 else sigma + c_i * h))
     out = xbar
     for b_i, k_i in zip(tableau.b, ks):
         if b_i != 0.0:
-            out = out + (h * b_i) * k_i
+            out = torch.add(out, k_i, alpha=h * b_i)
     return out
 
 
@@ -172,6 +178,11 @@ class Euler(ExplicitRK):
 
     def __init__(self) -> None:
         super().__init__("euler")
+
+    def step(
+        self, field: ProbabilityFlowODE, xbar: Tensor, sigma: float, sigma_next: float, state: Any
+    ) -> tuple[Tensor, Any]:
+        return torch.add(xbar, field(xbar, sigma), alpha=sigma_next - sigma), state
 
     def __repr__(self) -> str:
         return "Euler()"

@@ -80,10 +80,10 @@ class DDIM(Solver):
     ) -> tuple[Tensor, Any]:
         eps = field(xbar, sigma)
         sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, self.eta)
-        out = xbar + (sigma_down - sigma) * eps
+        out = torch.add(xbar, eps, alpha=sigma_down - sigma)
         if sigma_up > 0.0:
             noise = torch.randn(xbar.shape, generator=self.generator, dtype=xbar.dtype, device=xbar.device)
-            out = out + sigma_up * noise
+            out = torch.add(out, noise, alpha=sigma_up)
         return out, state
 
     def __repr__(self) -> str:
