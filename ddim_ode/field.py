@@ -76,13 +76,15 @@ class ProbabilityFlowODE:
             raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be a ddim_ode Schedule, got {type(schedule).__name__}")
-        if not callable(model) and not isinstance(model, SigmaModel):
+        # a SigmaModel is anything with a callable eps_xbar (the protocol's runtime check, without its cost)
+        exact = callable(getattr(model, "eps_xbar", None))
+        if not callable(model) and not exact:
             raise TypeError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
         self.model = model
         self.schedule = schedule
         self.prediction: Prediction = prediction
         self.model_dtype = model_dtype if model_dtype is not None else _model_dtype(model)
-        self.exact = isinstance(model, SigmaModel)
+        self.exact = exact
         self.nfe = 0
         self._checked = False
         # per σ: (t(σ), 1/√(1+σ²), √ᾱ, √(1−ᾱ)); filled by prepare() and memoised per σ

@@ -125,18 +125,22 @@ def evaluate(field: ProbabilityFlowODE, xbar: Tensor, sigma: float) -> Evaluatio
 
 
 def lincomb(terms: list[tuple[float, Tensor]]) -> Tensor:
-    """Σ c_j T_j as a chain of fused ``x + c·T`` operations: one pass over the state per term.
+    """Σ c_j T_j with one new tensor: a scaled (or fused ``T₀ + c₁T₁``) first result, then in place.
 
-    The first term is scaled (skipped when its coefficient is 1); terms with a zero coefficient
-    after the first are dropped. Coefficients are host floats, so nothing syncs with the device.
+    One pass over the state per term, and a single allocation whatever the number of terms (what
+    costs at large batch). Terms with a zero coefficient after the first are dropped; a first
+    coefficient of 1 is not multiplied. Only the fresh result is modified in place, never an input,
+    so autograd is unaffected. Coefficients are host floats: nothing syncs with the device.
     """
-    c0, out = terms[0]
-    if c0 != 1.0:
-        out = out * c0
+    c0, first = terms[0]
+    out = None if c0 == 1.0 else first * c0
     for c, t in terms[1:]:
         if c != 0.0:
-            out = torch.add(out, t, alpha=c)
-    return out
+            if out is None:
+                out = torch.add(first, t, alpha=c)
+            else:
+                out.add_(t, alpha=c)
+    return first if out is None else out
 
 
 def touches_zero(sigma: float, sigma_next: float) -> bool:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
-from .base import Solver, register, touches_zero
+from .base import Solver, lincomb, register, touches_zero
 
 __all__ = [
     "ButcherTableau",
@@ -118,8 +118,9 @@ def rk_step(
 ) -> Tensor:
     """One explicit Runge–Kutta step in σ; ``eps`` = ε(x̄, σ) if already known (saves the first stage).
 
-    Each stage and the update are chains of fused ``x + α·k`` operations (one pass over the state
-    per nonzero coefficient); a stage at ``c = 1`` is evaluated at exactly ``sigma_next``.
+    Each stage and the update are one :func:`~ddim_ode.solvers.base.lincomb` (one pass over the
+    state per nonzero coefficient, one new tensor); a stage at ``c = 1`` is evaluated at exactly
+    ``sigma_next``.
     """
     h = sigma_next - sigma
     ks: list[Tensor] = []
@@ -127,17 +128,10 @@ def rk_step(
         if i == 0 and eps is not None and tableau.c[0] == 0.0:
             ks.append(eps)
             continue
-        x_i = xbar
-        for a_ij, k_j in zip(tableau.a[i], ks):
-            if a_ij != 0.0:
-                x_i = torch.add(x_i, k_j, alpha=h * a_ij)
+        x_i = lincomb([(1.0, xbar)] + [(h * a_ij, k_j) for a_ij, k_j in zip(tableau.a[i], ks)])
         c_i = tableau.c[i]
         ks.append(field(x_i, sigma_next if c_i == 1.0 else sigma + c_i * h))
-    out = xbar
-    for b_i, k_i in zip(tableau.b, ks):
-        if b_i != 0.0:
-            out = torch.add(out, k_i, alpha=h * b_i)
-    return out
+    return lincomb([(1.0, xbar)] + [(h * b_i, k_i) for b_i, k_i in zip(tableau.b, ks)])
 
 
 class ExplicitRK(Solver):
