@@ -122,15 +122,30 @@ def ours(model: ZeroCost, schedule: DiscreteSchedule, n: int, name: str, check_f
     return run
 
 
+#: our solver → diffusers' scheduler for the same algorithm (DDPM: DDIM with η = 1 on the same grid)
+SAME_ALGORITHM = {
+    "euler": "DDIM",
+    "ddim": "DDIM",
+    "ddpm": "DDIM[eta=1]",
+    "heun": "HeunDiscrete",
+    "dpm-solver++2m": "DPMSolverMultistep",
+    "unipc": "UniPCMultistep",
+    "plms": "PNDM",
+}
+
+
 def diffusers_loop(model: ZeroCost, kind: str, n: int, timesteps: list[int]):  # type: ignore[no-untyped-def]
     import diffusers
 
     common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
-    if kind == "DDIM":
+    eta, scale_input, generator = 0.0, False, None
+    if kind in ("DDIM", "DDIM[eta=1]"):
         sched = diffusers.DDIMScheduler(
             **common, clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing="leading"
         )
         setup = lambda dev: sched.set_timesteps(n, device=dev)
+        if kind == "DDIM[eta=1]":
+            eta, generator = 1.0, torch.Generator().manual_seed(0)
     elif kind == "DPMSolverMultistep":
         sched = diffusers.DPMSolverMultistepScheduler(**common)  # dpmsolver++, order 2, final sigma 0
         setup = lambda dev: sched.set_timesteps(device=dev, timesteps=timesteps)
@@ -139,15 +154,25 @@ def diffusers_loop(model: ZeroCost, kind: str, n: int, timesteps: list[int]):  #
         # (other timesteps than the rest; the time per NFE does not depend on which)
         sched = diffusers.UniPCMultistepScheduler(**common, timestep_spacing="leading")  # bh2, order 2
         setup = lambda dev: sched.set_timesteps(n, device=dev)
+    elif kind == "PNDM":  # PLMS (Adams–Bashforth 4 with its own warm-up), no Runge–Kutta steps
+        sched = diffusers.PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=True)
+        setup = lambda dev: sched.set_timesteps(n, device=dev)
+    elif kind == "HeunDiscrete":  # EDM's Heun in σ (k-diffusion coordinates: the input is scaled)
+        sched = diffusers.HeunDiscreteScheduler(**common, timestep_spacing="leading")
+        setup = lambda dev: sched.set_timesteps(n, device=dev)
+        scale_input = True
     else:
         raise ValueError(kind)
+    kwargs = {"eta": eta, "generator": generator} if kind.startswith("DDIM") else {}
 
     def run(x: Tensor) -> tuple[Tensor, int]:
         setup(x.device)
+        if scale_input:
+            x = x * sched.init_noise_sigma
         calls = model.calls
         for t in sched.timesteps:
-            eps = model(x, t)
-            x = sched.step(eps, t, x).prev_sample
+            eps = model(sched.scale_model_input(x, t) if scale_input else x, t)
+            x = sched.step(eps, t, x, **kwargs).prev_sample
         return x, model.calls - calls
 
     return run
@@ -203,7 +228,7 @@ def build_loops(
     if with_diffusers:
         sig = make_grid(schedule, "uniform", n)
         ts = [int(round(float(schedule.t(float(s))))) for s in sig[:-1]]
-        for kind in ("DDIM", "DPMSolverMultistep", "UniPCMultistep"):
+        for kind in dict.fromkeys(SAME_ALGORITHM[name] for name in solvers if name in SAME_ALGORITHM):
             loops[f"diffusers:{kind}"] = diffusers_loop(model, kind, n, ts)
     return loops
 

@@ -181,7 +181,9 @@ def solve(
             callback = lambda i, sigma, xb: flags.append(xb.sum())
     prepare = getattr(field, "prepare", None)
     if prepare is not None:
-        prepare(sig)  # t(σ) at the grid points in one vectorised call, instead of one per step
+        # t(σ) at the grid points and the solver's stage points in one vectorised call, not one per evaluation
+        extra = slv.stage_sigmas(sig.tolist())
+        prepare(torch.cat([sig, torch.tensor(extra, dtype=torch.float64)]) if extra else sig)
     out, final_state = slv.solve(field, xbar, sig, callback if use_cb else None, state)
     if check_finite and flags:
         ok = torch.isfinite(torch.stack(flags)).cpu()

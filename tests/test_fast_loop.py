@@ -205,3 +205,42 @@ def test_the_instrument_catches_a_sync_per_step():
     assert _host_reads(lambda: x[x > 0]) == ["boolean mask indexing"]
     assert _host_reads(lambda: x.to("cpu")) == ["to"]
     assert _host_reads(lambda: x.sum().item()) == ["item"]
+
+
+class _CountingSchedule(DiscreteSchedule):
+    """The DDPM linear schedule, counting its calls of t(σ)."""
+
+    def __init__(self) -> None:
+        super().__init__(betas=SCHEDULE.betas)
+        self.t_calls = 0
+
+    def t(self, sigma):  # type: ignore[no-untyped-def]
+        self.t_calls += 1
+        return super().t(sigma)
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+@pytest.mark.parametrize("grid", ["uniform", "karras"])
+def test_t_of_sigma_is_tabulated_once_per_solve(name, grid):
+    """Grid points and every solver's stage points get t(σ) from one vectorised schedule call."""
+    schedule = _CountingSchedule()
+    field = ProbabilityFlowODE(TinyNet(), schedule)
+    sig = make_grid(schedule, grid, 8)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1))
+    schedule.t_calls = 0
+    sol = solve(field, x * math.sqrt(1 + float(sig[0]) ** 2), sig, name)
+    assert sol.nfe >= 8 and schedule.t_calls == 1, f"{name}: {schedule.t_calls} schedule calls for one solve"
+
+
+def test_lincomb_allocates_once_and_leaves_its_inputs_alone():
+    from ddim_ode.solvers.base import lincomb
+
+    a, b, c = (torch.randn(3, 5, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    a0, b0, c0 = a.detach().clone(), b.detach().clone(), c.detach().clone()
+    out = lincomb([(1.0, a), (2.0, b), (0.0, c), (-0.5, c)])
+    torch.testing.assert_close(out, a0 + 2.0 * b0 - 0.5 * c0, rtol=0, atol=1e-15)
+    assert torch.equal(a.detach(), a0) and torch.equal(b.detach(), b0) and torch.equal(c.detach(), c0)
+    out.sum().backward()  # in-place updates on the fresh result keep autograd exact
+    assert float(a.grad.sum()) == 15.0 and float(b.grad.sum()) == 30.0 and float(c.grad.sum()) == -7.5
+    assert lincomb([(1.0, a)]) is a and lincomb([(1.0, a), (0.0, b)]) is a
+    torch.testing.assert_close(lincomb([(3.0, a), (1.0, b)]), 3.0 * a0 + b0, rtol=0, atol=1e-15)

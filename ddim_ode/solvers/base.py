@@ -75,6 +75,14 @@ class Solver:
         """One step from ``sigma`` to ``sigma_next``; returns the new x̄ and state."""
         raise NotImplementedError
 
+    def stage_sigmas(self, sigmas: list[float]) -> list[float]:
+        """The off-grid σ at which the steps along ``sigmas`` will evaluate the field (default: none).
+
+        The driver tabulates t(σ) at these points together with the grid, in one vectorised
+        schedule call; the values must be computed exactly as :meth:`step` computes them.
+        """
+        return []
+
     def solve(
         self,
         field: ProbabilityFlowODE,

@@ -71,6 +71,11 @@ def _lam(sigma: float) -> float:
 # DPM-Solver: single step, noise prediction
 
 
+def _intermediate(sigma: float, h: float, r: float) -> float:
+    """σ at λ + r h, h = λ' − λ: σ e^{−r h}."""
+    return sigma * math.exp(-r * h)
+
+
 def dpm_solver_step(
     field: ProbabilityFlowODE,
     xbar: Tensor,
@@ -91,12 +96,12 @@ def dpm_solver_step(
     if order == 1:
         return torch.add(xbar, eps0, alpha=sigma_next - sigma)
     h = math.log(sigma / sigma_next)  # λ' − λ
-    sigma1 = sigma * math.exp(-r1 * h)
+    sigma1 = _intermediate(sigma, h, r1)
     eps1 = field(torch.add(xbar, eps0, alpha=sigma1 - sigma), sigma1)
     if order == 2:  # x̄ + (σ' − σ)[ε₀ + (ε₁ − ε₀)/(2 r1)]
         c1 = (sigma_next - sigma) / (2.0 * r1)
         return lincomb([(1.0, xbar), (sigma_next - sigma - c1, eps0), (c1, eps1)])
-    sigma2 = sigma * math.exp(-r2 * h)
+    sigma2 = _intermediate(sigma, h, r2)
     # σ_s2 ((e^{r2 h} − 1)/(r2 h) − 1) and σ' ((e^h − 1)/h − 1): the φ₂ terms in x̄ coordinates
     phi2_s2 = sigma2 * (math.expm1(r2 * h) / (r2 * h) - 1.0)
     phi2_t = sigma_next * (math.expm1(h) / h - 1.0)
@@ -138,6 +143,15 @@ class DPMSolver(Solver):
     ) -> tuple[Tensor, Any]:
         order = 1 if touches_zero(sigma, sigma_next) else self.order
         return dpm_solver_step(field, xbar, sigma, sigma_next, order, self.r1, self.r2), state
+
+    def stage_sigmas(self, sigmas: list[float]) -> list[float]:
+        out = []
+        rs = [self.r1, self.r2][: self.order - 1]
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            if not touches_zero(sigma, sigma_next):
+                h = math.log(sigma / sigma_next)
+                out += [_intermediate(sigma, h, r) for r in rs]
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(order={self.order}, r1={self.r1:.4g}, r2={self.r2:.4g})"

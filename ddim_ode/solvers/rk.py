@@ -108,6 +108,11 @@ RK4_CLASSIC = ButcherTableau(
 )
 
 
+def _stage_sigma(sigma: float, sigma_next: float, c: float) -> float:
+    """σ + c h of a stage (exactly σ' at c = 1)."""
+    return sigma_next if c == 1.0 else sigma + c * (sigma_next - sigma)
+
+
 def rk_step(
     field: ProbabilityFlowODE,
     xbar: Tensor,
@@ -129,8 +134,7 @@ def rk_step(
             ks.append(eps)
             continue
         x_i = lincomb([(1.0, xbar)] + [(h * a_ij, k_j) for a_ij, k_j in zip(tableau.a[i], ks)])
-        c_i = tableau.c[i]
-        ks.append(field(x_i, sigma_next if c_i == 1.0 else sigma + c_i * h))
+        ks.append(field(x_i, _stage_sigma(sigma, sigma_next, tableau.c[i])))
     return lincomb([(1.0, xbar)] + [(h * b_i, k_i) for b_i, k_i in zip(tableau.b, ks)])
 
 
@@ -157,6 +161,13 @@ class ExplicitRK(Solver):
         if self.final_step == "euler" and touches_zero(sigma, sigma_next):
             return rk_step(field, xbar, sigma, sigma_next, EULER), state
         return rk_step(field, xbar, sigma, sigma_next, self.tableau), state
+
+    def stage_sigmas(self, sigmas: list[float]) -> list[float]:
+        out = []
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            if not (self.final_step == "euler" and touches_zero(sigma, sigma_next)):
+                out += [_stage_sigma(sigma, sigma_next, c) for c in self.tableau.c if c not in (0.0, 1.0)]
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(final_step={self.final_step!r})"
