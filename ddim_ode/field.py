@@ -98,6 +98,8 @@ class ProbabilityFlowODE:
         Off-grid σ (Runge–Kutta stages) are computed on first use and memoised.
         """
         sig = sigmas.detach().to(torch.float64).cpu().reshape(-1)
+        if len(self._coef_of) > 65536:  # bounded: adaptive solvers visit ever new σ
+            self._coef_of.clear()
         ts = self.schedule.t(sig)
         ab = self.schedule.alpha_bar(ts) if self.prediction != "eps" else torch.zeros_like(ts)
         for s, t, a in zip(sig.tolist(), ts.tolist(), ab.tolist()):

@@ -532,3 +532,78 @@ def test_encoding_with_a_stochastic_solver_is_refused(name):
     x0 = torch.randn(2, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="cannot integrate towards larger sigma.*not an ODE.*not invertible"):
         encode(x0, name, 5, model=GAUSS, schedule=SCHEDULE, solver_options=options)
+
+
+# ---------------------------------------------------------------------------------------------
+# the native adaptive engine
+
+
+@pytest.mark.parametrize("name", ["dopri5", "bosh3", "adaptive_heun"])
+def test_embedded_pairs_have_their_orders(name):
+    """One step of y' = y, y(0) = 1 (exact e^h): the local error of b falls like h^(p+1), that of b̂ like h^p."""
+    from ddim_ode.solvers.adaptive import EMBEDDED
+
+    tab = EMBEDDED[name]
+    p = tab.order
+
+    def step(h: float) -> tuple[float, float]:
+        ks: list[float] = []
+        for i in range(len(tab.c)):
+            ks.append(1.0 + h * sum(a * k for a, k in zip(tab.a[i], ks)))  # f(y) = y
+        y = 1.0 + h * sum(b * k for b, k in zip(tab.b, ks))
+        return y, y - h * sum(e * k for e, k in zip(tab.e, ks))  # (solution, embedded solution)
+
+    hs = (0.2, 0.1)
+    errs = [[abs(v - math.exp(h)) for v in step(h)] for h in hs]
+    slope_b = math.log2(errs[0][0] / errs[1][0])
+    slope_bhat = math.log2(errs[0][1] / errs[1][1])
+    assert abs(slope_b - (p + 1)) < 0.35, (name, slope_b)
+    assert abs(slope_bhat - p) < 0.35, (name, slope_bhat)
+
+
+@pytest.mark.parametrize("name", ["bosh3", "adaptive_heun", "dopri5"])
+@pytest.mark.parametrize("variable", ["log", "sigma"])
+def test_native_engine_agrees_with_torchdiffeq(name, variable, mixture_problem):
+    """Same pair, same controller: identical steps for bosh3 and adaptive_heun; dopri5 differs only in
+    the embedded solution (Dormand–Prince's own against torchdiffeq's Shampine variant)."""
+    out = {}
+    for engine in ("native", "torchdiffeq"):
+        out[engine] = decode(
+            mixture_problem["x_T"],
+            name,
+            10,
+            model=MIXTURE,
+            schedule=SCHEDULE,
+            grid="karras",
+            solver_options={"rtol": 1e-5, "atol": 1e-5, "variable": variable, "engine": engine},
+            return_solution=True,
+        )
+    a, b = out["native"], out["torchdiffeq"]
+    if name == "dopri5":
+        assert _rms(a.x, b.x) < 2e-4 and abs(a.nfe - b.nfe) <= 0.3 * b.nfe
+    else:
+        assert a.nfe == b.nfe
+        assert _rms(a.x, b.x) < 1e-9
+
+
+def test_native_engine_errors_and_limits(mixture_problem):
+    x = mixture_problem["x_T"]
+    kw: dict[str, Any] = dict(model=MIXTURE, schedule=SCHEDULE, grid="karras")
+    with pytest.raises(ValueError, match="no native engine"):
+        decode(x, "dopri8", 5, solver_options={"engine": "native"}, **kw)
+    with pytest.raises(ValueError, match="engine must be"):
+        decode(x, "dopri5", 5, solver_options={"engine": "scipy"}, **kw)
+    with pytest.raises(ValueError, match="unknown options .*step_t.*allowed: first_step, max_num_steps"):
+        decode(x, "dopri5", 5, solver_options={"options": {"step_t": 1.0}}, **kw)
+    with pytest.raises(RuntimeError, match="max_num_steps=3"):
+        decode(x, "dopri5", 5, solver_options={"rtol": 1e-8, "atol": 1e-8, "options": {"max_num_steps": 3}}, **kw)
+
+    class Blows:
+        """The mixture's ε, turning NaN below σ = 1."""
+
+        def eps_xbar(self, xbar: Tensor, sigma: float) -> Tensor:
+            eps = MIXTURE.eps_xbar(xbar, sigma)
+            return eps * float("nan") if sigma < 1.0 else eps
+
+    with pytest.raises(FloatingPointError, match="underflow at sigma"):
+        decode(x, "dopri5", 5, model=Blows(), schedule=SCHEDULE, grid="karras")

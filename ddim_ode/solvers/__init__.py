@@ -4,7 +4,7 @@ Importing this package registers every solver; :func:`solvers` lists them with o
 step and source paper, :func:`get_solver` builds one by name with constructor options.
 """
 
-from .adaptive import ADAPTIVE_METHODS, AdaptiveHeun, Bosh3, Dopri5, Dopri8, TorchDiffEqSolver
+from .adaptive import ADAPTIVE_METHODS, AdaptiveHeun, AdaptiveSolver, Bosh3, Dopri5, Dopri8, TorchDiffEqSolver
 from .base import SOLVERS, Evaluation, Solver, SolverInfo, get_solver, register, solvers
 from .exponential import (
     DPMSolver,
@@ -50,6 +50,7 @@ __all__ = [
     "dpm_solver_step",
     "PLMS",
     "adams_bashforth_weights",
+    "AdaptiveSolver",
     "TorchDiffEqSolver",
     "ADAPTIVE_METHODS",
     "Dopri5",
