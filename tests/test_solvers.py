@@ -538,9 +538,10 @@ def test_encoding_with_a_stochastic_solver_is_refused(name):
 # the native adaptive engine
 
 
-@pytest.mark.parametrize("name", ["dopri5", "bosh3", "adaptive_heun"])
+@pytest.mark.parametrize("name", ["dopri5", "bosh3", "adaptive_heun", "dopri8"])
 def test_embedded_pairs_have_their_orders(name):
-    """One step of y' = y, y(0) = 1 (exact e^h): the local error of b falls like h^(p+1), that of b̂ like h^p."""
+    """One step of y' = y, y(0) = 1 (exact e^h): the local error of b falls like h^(p+1) (at least), that of b̂
+    like h^p."""
     from ddim_ode.solvers.adaptive import EMBEDDED
 
     tab = EMBEDDED[name]
@@ -553,19 +554,23 @@ def test_embedded_pairs_have_their_orders(name):
         y = 1.0 + h * sum(b * k for b, k in zip(tab.b, ks))
         return y, y - h * sum(e * k for e, k in zip(tab.e, ks))  # (solution, embedded solution)
 
-    hs = (0.2, 0.1)
+    hs = (1.0, 0.5) if p > 5 else (0.2, 0.1)  # keep the 8th-order errors above rounding
     errs = [[abs(v - math.exp(h)) for v in step(h)] for h in hs]
     slope_b = math.log2(errs[0][0] / errs[1][0])
     slope_bhat = math.log2(errs[0][1] / errs[1][1])
-    assert abs(slope_b - (p + 1)) < 0.35, (name, slope_b)
-    assert abs(slope_bhat - p) < 0.35, (name, slope_bhat)
+    assert slope_b > p + 1 - 0.35, (name, slope_b)  # dopri8's h⁹ term happens to vanish on y' = y
+    if name == "dopri8":  # torchdiffeq's estimator for DOP853 (7th order, not yet asymptotic at these h)
+        assert 5.5 < slope_bhat < slope_b - 1, (name, slope_bhat)
+    else:  # the estimate is one order lower
+        assert abs(slope_bhat - p) < 0.35, (name, slope_bhat)
 
 
-@pytest.mark.parametrize("name", ["bosh3", "adaptive_heun", "dopri5"])
+@pytest.mark.parametrize("name", ["bosh3", "adaptive_heun", "dopri5", "dopri8"])
 @pytest.mark.parametrize("variable", ["log", "sigma"])
 def test_native_engine_agrees_with_torchdiffeq(name, variable, mixture_problem):
     """Same pair, same controller: identical steps for bosh3 and adaptive_heun; dopri5 differs only in
-    the embedded solution (Dormand–Prince's own against torchdiffeq's Shampine variant)."""
+    the embedded solution (Dormand–Prince's own against torchdiffeq's Shampine variant); dopri8 uses
+    torchdiffeq's coefficients, so its steps are identical too."""
     out = {}
     for engine in ("native", "torchdiffeq"):
         out[engine] = decode(
@@ -589,8 +594,6 @@ def test_native_engine_agrees_with_torchdiffeq(name, variable, mixture_problem):
 def test_native_engine_errors_and_limits(mixture_problem):
     x = mixture_problem["x_T"]
     kw: dict[str, Any] = dict(model=MIXTURE, schedule=SCHEDULE, grid="karras")
-    with pytest.raises(ValueError, match="no native engine"):
-        decode(x, "dopri8", 5, solver_options={"engine": "native"}, **kw)
     with pytest.raises(ValueError, match="engine must be"):
         decode(x, "dopri5", 5, solver_options={"engine": "scipy"}, **kw)
     with pytest.raises(ValueError, match="unknown options .*step_t.*allowed: first_step, max_num_steps"):

@@ -16,7 +16,7 @@ against 209–287, while adaptive_heun needs 429–453 in log σ against 225–2
 ``variable`` is therefore ``"log"`` for ``dopri5`` and ``dopri8`` and ``"sigma"`` for ``bosh3``
 and ``adaptive_heun``.
 
-Engines (``engine``). ``"native"`` (default for ``dopri5``, ``bosh3`` and ``adaptive_heun``) is
+Engines (``engine``). ``"native"`` (the default; ``dopri8``'s coefficients are read from torchdiffeq) is
 this module's embedded Runge–Kutta integrator: stages are single fused linear combinations
 (:func:`~ddim_ode.solvers.base.lincomb`), t(σ) is tabulated for all stages of a step in one call,
 time is a float64 host value, and the controller is the usual one (RMS norm of the error over the
@@ -25,7 +25,10 @@ whole state relative to ``atol + rtol·max(|x̄|, |x̄'|)``, accept at ≤ 1, st
 land exactly on each piece's end; interior grid points are filled by cubic Hermite interpolation
 (quadratic for Heun–Euler, whose last stage is not at the new solution). ``adaptive_heun`` reuses
 the ε at the Euler predictor as the next step's first stage, as torchdiffeq's does (1 NFE per
-step). ``"torchdiffeq"`` calls ``torchdiffeq.odeint`` (always for ``dopri8``).
+step). ``"torchdiffeq"`` calls ``torchdiffeq.odeint``. ``dopri5`` natively uses Dormand and
+Prince's own embedded 4th-order solution (as Hairer's DOPRI5 and scipy's RK45); torchdiffeq's
+uses Shampine's, so the two engines take slightly different steps there (same order and
+tolerance behaviour; ``bosh3``, ``adaptive_heun`` and ``dopri8`` take identical steps).
 
 With torchdiffeq each piece is integrated with its ``step_t`` at its end, so that the end value comes from
 a step and not from torchdiffeq's 4th-order dense-output interpolant, and with a first trial step
@@ -97,9 +100,9 @@ class EmbeddedTableau:
         if not (len(self.a) == len(self.b) == len(self.e) == s) or any(len(r) != i for i, r in enumerate(self.a)):
             raise ValueError("embedded tableau sizes must agree (a strictly lower triangular)")
         for i, row in enumerate(self.a):
-            if abs(sum(row) - self.c[i]) > 1e-14:
+            if abs(sum(row) - self.c[i]) > 1e-12:
                 raise ValueError(f"row sum of a[{i}] must equal c[{i}]")
-        if abs(sum(self.b) - 1.0) > 1e-14 or abs(sum(self.e)) > 1e-14:
+        if abs(sum(self.b) - 1.0) > 1e-12 or abs(sum(self.e)) > 1e-12:
             raise ValueError("weights b must sum to 1 and error weights e to 0")
         if self.fsal and self.c[-1] != 1.0:
             raise ValueError("an FSAL tableau's last stage must be at c = 1")
@@ -154,6 +157,31 @@ EMBEDDED: dict[str, EmbeddedTableau] = {
     # Euler predictor (as torchdiffeq's adaptive_heun): 1 NFE per step
     "adaptive_heun": _pair(c=(0, 1), a=((), (1,)), b=(F(1, 2), F(1, 2)), b_hat=(1, 0), order=2, fsal=True),
 }
+
+
+def _dopri8() -> EmbeddedTableau | None:
+    """Prince & Dormand's 8(7) pair with the coefficients torchdiffeq ships (13 stages + FSAL), if present.
+
+    Its 13×13 irrational-looking rationals are taken from the installed torchdiffeq rather than
+    retyped; ``None`` (dopri8 then runs on torchdiffeq only) if that module is not there.
+    """
+    try:
+        from torchdiffeq._impl.dopri8 import _DOPRI8_TABLEAU as tab
+    except ImportError:  # pragma: no cover - depends on the torchdiffeq version
+        return None
+    c = [0.0] + [float(v) for v in tab.alpha]
+    a = [()] + [tuple(float(v) for v in row) for row in tab.beta]
+    b = [float(v) for v in tab.c_sol]
+    e = [float(v) for v in tab.c_error]
+    try:
+        return EmbeddedTableau(tuple(c), tuple(a), tuple(b), tuple(e), order=8, fsal=True)
+    except ValueError:  # pragma: no cover - an unexpected layout: keep torchdiffeq
+        return None
+
+
+_DOP8 = _dopri8()
+if _DOP8 is not None:
+    EMBEDDED["dopri8"] = _DOP8
 
 _SAFETY, _IFACTOR, _DFACTOR = 0.9, 10.0, 0.2
 
@@ -277,8 +305,8 @@ class AdaptiveSolver(Solver):
         rtol, atol: relative and absolute tolerances on x̄ (default 1e-4 each).
         variable: ``"log"`` (log σ, with a σ-piece next to σ = 0) or ``"sigma"``; default: the
             measured better choice for the method (see the module docstring).
-        engine: ``"native"`` (default where available: ``dopri5``, ``bosh3``, ``adaptive_heun``)
-            or ``"torchdiffeq"`` (``torchdiffeq.odeint``; the only engine for ``dopri8``).
+        engine: ``"native"`` (default; this module's integrator) or ``"torchdiffeq"``
+            (``torchdiffeq.odeint``).
         options: ``first_step`` (trial step in the integration variable, default a tenth of the
             piece) and ``max_num_steps``; with torchdiffeq, any of its options.
 
@@ -444,7 +472,7 @@ class Bosh3(_Named):
 
 @register("dopri8")
 class Dopri8(_Named):
-    """Dormand–Prince 8(7) (torchdiffeq ``dopri8``), adaptive. Order 8, 13 NFE per step (accepted or not)."""
+    """Dormand–Prince 8(7), adaptive (native with torchdiffeq's coefficients; or ``dopri8``). Order 8, 13 NFE/step."""
 
     name = method = "dopri8"
     paper = "Prince & Dormand 1981, High order embedded Runge-Kutta formulae (J. Comp. Appl. Math.); " + _CHEN_2018
