@@ -139,8 +139,12 @@ class BELM(Solver):
         if h_prev * h <= 0.0:
             raise _grid_mismatch(sigma, state.sigma)
         g = (h / h_prev) ** 2
-        # DDIM(x̄ → σ') + g [x̄₋ − DDIM(x̄ → σ₋)] with DDIM(x̄ → σ₋) = x̄ − h₋ ε
-        return lincomb([(g, state.xbar), (1.0 - g, xbar), (h * (1.0 + h / h_prev), eps)]), here
+        # DDIM(x̄ → σ') + g [x̄₋ − DDIM(x̄ → σ₋)] with DDIM(x̄ → σ₋) = x̄ − h₋ ε. Both DDIM values are
+        # computed exactly alike by the reverse step (where they swap roles), so its rounding undoes
+        # this step's: the round trip stays at rounding level (keep this order of operations)
+        ddim_next = torch.add(xbar, eps, alpha=h)
+        ddim_prev = torch.add(xbar, eps, alpha=-h_prev)
+        return torch.add(ddim_next, torch.sub(state.xbar, ddim_prev), alpha=g), here
 
     def __repr__(self) -> str:
         return "BELM()"
