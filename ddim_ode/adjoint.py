@@ -20,7 +20,8 @@ optimise") with a custom :class:`torch.autograd.Function`:
   ``torch.utils.checkpoint`` per step). Multistep and reversible solvers are covered: their state
   (history of ε, auxiliary tensors, also inside dataclasses) is part of the adjoint.
 * **Continuous adjoint, adaptive solvers.** torchdiffeq's ``odeint_adjoint`` solves the adjoint
-  ODE backwards with the solver's method and tolerances (constant memory, O(NFE) compute). Its
+  ODE backwards with the solver's method and tolerances (constant memory, O(NFE) compute); its
+  forward pass is torchdiffeq's method of the same name, whichever ``engine`` the solver has. Its
   gradients are those of the exact flow up to the tolerance, not of the discrete forward pass
   ("optimise then discretise").
 
