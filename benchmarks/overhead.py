@@ -12,11 +12,13 @@ timesteps (DDIM's ``range(0, T, T//n)`` from the top, then to ᾱ = 1):
 * ``hand-euler`` — the minimal Euler loop in DDIM coordinates (x̄ = x/√ᾱ, σ = √((1−ᾱ)/ᾱ)), with
   the σ values and t tensors computed before the loop: the floor any driver can reach;
 * ``ddim_ode:<solver>`` — :func:`ddim_ode.decode` with each registered solver (default
-  ``check_finite=True``), and ``...[check_finite=False]`` for the deterministic fixed-grid ones;
+  ``check_finite=True``), ``...[check_finite=False]`` for the deterministic fixed-grid ones and
+  ``...[engine=torchdiffeq]`` for the adaptive ones (the same pairs through ``torchdiffeq.odeint``);
 * ``hand-dpm++2m`` — the minimal DPM-Solver++(2M) loop (coefficients computed before the loop,
   three fused operations per step): the floor of a two-term multistep method;
-* ``diffusers:DDIM`` / ``DPMSolverMultistep`` / ``UniPCMultistep`` — diffusers' scheduler loops
-  (``set_timesteps`` + ``step`` per timestep), when diffusers is installed.
+* ``diffusers:<scheduler>`` — diffusers' scheduler loop for the same algorithm as one of ours
+  (``SAME_ALGORITHM``: DDIM, DDIM with η = 1, HeunDiscrete, DPMSolverMultistep, UniPCMultistep,
+  PNDM; ``set_timesteps`` + ``step`` per timestep), when diffusers is installed.
 
 All loops run side by side: each repeat times every loop once, in turn, and the table reports the
 median over repeats of the wall time per NFE and its ratio to ``hand-euler`` in the same repeat
@@ -114,9 +116,25 @@ def hand_dpmpp_2m(model: ZeroCost, schedule: DiscreteSchedule, n: int) -> Callab
     return run
 
 
-def ours(model: ZeroCost, schedule: DiscreteSchedule, n: int, name: str, check_finite: bool = True):  # type: ignore[no-untyped-def]
+def ours(  # type: ignore[no-untyped-def]
+    model: ZeroCost,
+    schedule: DiscreteSchedule,
+    n: int,
+    name: str,
+    check_finite: bool = True,
+    options: dict[str, Any] | None = None,
+):
     def run(x: Tensor) -> tuple[Tensor, int]:
-        sol = decode(x, name, n, model=model, schedule=schedule, check_finite=check_finite, return_solution=True)
+        sol = decode(
+            x,
+            name,
+            n,
+            model=model,
+            schedule=schedule,
+            check_finite=check_finite,
+            solver_options=options,
+            return_solution=True,
+        )
         return sol.x, sol.nfe  # type: ignore[union-attr]
 
     return run
@@ -199,6 +217,8 @@ def environment(dev: torch.device) -> dict[str, Any]:
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # the C allocator's settings decide whether large CPU tensors are page-faulted in afresh
+        "allocator_environment": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
     }
     try:
         import diffusers
@@ -225,6 +245,10 @@ def build_loops(
         slv = get_solver(name)
         if not slv.adaptive and not float(getattr(slv, "eta", 0.0) or 0.0) > 0:
             loops[f"ddim_ode:{name}[check_finite=False]"] = ours(model, schedule, n, name, check_finite=False)
+        if slv.adaptive:  # the same method through torchdiffeq.odeint
+            loops[f"ddim_ode:{name}[engine=torchdiffeq]"] = ours(
+                model, schedule, n, name, options={"engine": "torchdiffeq"}
+            )
     if with_diffusers:
         sig = make_grid(schedule, "uniform", n)
         ts = [int(round(float(schedule.t(float(s))))) for s in sig[:-1]]
