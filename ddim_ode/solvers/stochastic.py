@@ -79,6 +79,8 @@ class DDIM(Solver):
         self, field: ProbabilityFlowODE, xbar: Tensor, sigma: float, sigma_next: float, state: Any
     ) -> tuple[Tensor, Any]:
         eps = field(xbar, sigma)
+        if self.eta == 0.0:  # deterministic DDIM: the Euler step
+            return torch.add(xbar, eps, alpha=sigma_next - sigma), state
         sigma_down, sigma_up = ancestral_sigmas(sigma, sigma_next, self.eta)
         out = torch.add(xbar, eps, alpha=sigma_down - sigma)
         if sigma_up > 0.0:
