@@ -141,8 +141,9 @@ class DPMSolver(Solver):
     def step(
         self, field: ProbabilityFlowODE, xbar: Tensor, sigma: float, sigma_next: float, state: Any
     ) -> tuple[Tensor, Any]:
-        order = 1 if touches_zero(sigma, sigma_next) else self.order
-        return dpm_solver_step(field, xbar, sigma, sigma_next, order, self.r1, self.r2), state
+        if self.order == 1 or touches_zero(sigma, sigma_next):  # the DDIM step
+            return torch.add(xbar, field(xbar, sigma), alpha=sigma_next - sigma), state
+        return dpm_solver_step(field, xbar, sigma, sigma_next, self.order, self.r1, self.r2), state
 
     def stage_sigmas(self, sigmas: list[float]) -> list[float]:
         out = []
