@@ -85,7 +85,7 @@ class DDIM(Solver):
         out = torch.add(xbar, eps, alpha=sigma_down - sigma)
         if sigma_up > 0.0:
             noise = torch.randn(xbar.shape, generator=self.generator, dtype=xbar.dtype, device=xbar.device)
-            out = torch.add(out, noise, alpha=sigma_up)
+            out.add_(noise, alpha=sigma_up)  # out is this step's fresh tensor
         return out, state
 
     def __repr__(self) -> str:
