@@ -22,11 +22,13 @@ this module's embedded Runge–Kutta integrator: stages are single fused linear 
 time is a float64 host value, and the controller is the usual one (RMS norm of the error over the
 whole state relative to ``atol + rtol·max(|x̄|, |x̄'|)``, accept at ≤ 1, step factor
 ``clip(0.9·r^(−1/order), 0.2, 10)``, no growth right after a rejection), as torchdiffeq's. Steps
-land exactly on each piece's end; interior grid points are filled by cubic Hermite interpolation
-(quadratic for Heun–Euler, whose last stage is not at the new solution). ``adaptive_heun`` reuses
-the ε at the Euler predictor as the next step's first stage, as torchdiffeq's does (1 NFE per
-step). ``"torchdiffeq"`` calls ``torchdiffeq.odeint``; both engines use the same pairs and the
-same controller, so they take the same steps (outputs equal to rounding).
+land exactly on each piece's end; interior grid points (trajectories, callbacks) come from a dense
+output: Shampine's quartic with a midpoint estimate for ``dopri5`` and ``dopri8`` (as torchdiffeq),
+cubic Hermite for ``bosh3``, quadratic for Heun–Euler, whose last stage is not at the new
+solution. ``adaptive_heun`` reuses the ε at the Euler predictor as the next step's first stage,
+as torchdiffeq's does (1 NFE per step). ``"torchdiffeq"`` calls ``torchdiffeq.odeint``; both
+engines use the same pairs and the same controller, so they take the same steps (outputs equal
+to rounding in float64).
 
 With torchdiffeq each piece is integrated with its ``step_t`` at its end, so that the end value comes from
 a step and not from torchdiffeq's 4th-order dense-output interpolant, and with a first trial step
@@ -39,12 +41,14 @@ steps, so a float32 state sees float32 log σ (relative error ~1e-7 in σ).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
@@ -84,7 +88,10 @@ class EmbeddedTableau:
     the next step's first stage. That is "first same as last" proper when the last stage is
     evaluated at the new solution (a[-1] = b, :attr:`last_is_solution`), as for Dormand–Prince and
     Bogacki–Shampine; for the Heun–Euler pair it reuses the ε at the Euler predictor (torchdiffeq's
-    ``adaptive_heun``), 1 NFE per step."""
+    ``adaptive_heun``), 1 NFE per step. ``mid``: weights of an estimate of the solution at the
+    step's midpoint, y(½) ≈ y + h Σ mid_i k_i, accurate to the method's order; with it the dense
+    output is the quartic through y, y', y(½), y_new and y_new' (Shampine 1986), else cubic
+    Hermite."""
 
     c: tuple[float, ...]
     a: tuple[tuple[float, ...], ...]
@@ -92,6 +99,7 @@ class EmbeddedTableau:
     e: tuple[float, ...]
     order: int
     fsal: bool
+    mid: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         s = len(self.c)
@@ -169,12 +177,18 @@ def _dopri8() -> EmbeddedTableau | None:
         from torchdiffeq._impl.dopri8 import _DOPRI8_TABLEAU as tab
     except ImportError:  # pragma: no cover - depends on the torchdiffeq version
         return None
+    try:
+        from torchdiffeq._impl.dopri8 import _C_mid as c_mid
+
+        mid: tuple[float, ...] | None = tuple(float(v) for v in c_mid)
+    except ImportError:  # pragma: no cover - depends on the torchdiffeq version
+        mid = None
     c = [0.0] + [float(v) for v in tab.alpha]
     a = [()] + [tuple(float(v) for v in row) for row in tab.beta]
     b = [float(v) for v in tab.c_sol]
     e = [float(v) for v in tab.c_error]
     try:
-        return EmbeddedTableau(tuple(c), tuple(a), tuple(b), tuple(e), order=8, fsal=True)
+        return EmbeddedTableau(tuple(c), tuple(a), tuple(b), tuple(e), order=8, fsal=True, mid=mid)
     except ValueError:  # pragma: no cover - an unexpected layout: keep torchdiffeq
         return None
 
@@ -182,6 +196,35 @@ def _dopri8() -> EmbeddedTableau | None:
 _DOP8 = _dopri8()
 if _DOP8 is not None:
     EMBEDDED["dopri8"] = _DOP8
+
+
+def _dopri5_mid() -> tuple[float, ...] | None:
+    """Shampine's midpoint weights for Dormand–Prince 5(4) (its 4th-order dense output), from torchdiffeq."""
+    try:
+        from torchdiffeq._impl.dopri5 import DPS_C_MID
+    except ImportError:  # pragma: no cover - depends on the torchdiffeq version
+        return None
+    return tuple(float(v) for v in DPS_C_MID)
+
+
+EMBEDDED["dopri5"] = dataclasses.replace(EMBEDDED["dopri5"], mid=_dopri5_mid())
+
+
+def _quartic_basis() -> np.ndarray:
+    """Rows: coefficients of θ⁰…θ⁴ of the quartic with p(0), h p'(0), p(1), h p'(1), p(½) as weights."""
+    conditions = np.array(
+        [
+            [1.0, 0.0, 0.0, 0.0, 0.0],  # p(0)
+            [0.0, 1.0, 0.0, 0.0, 0.0],  # p'(0)
+            [1.0, 1.0, 1.0, 1.0, 1.0],  # p(1)
+            [0.0, 1.0, 2.0, 3.0, 4.0],  # p'(1)
+            [1.0, 0.5, 0.25, 0.125, 0.0625],  # p(1/2)
+        ]
+    )
+    return np.linalg.inv(conditions)
+
+
+_QUARTIC = _quartic_basis()
 
 _SAFETY, _IFACTOR, _DFACTOR = 0.9, 10.0, 0.2
 
@@ -192,13 +235,37 @@ def _rms_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) ->
     return float(torch.linalg.vector_norm(r)) / math.sqrt(max(r.numel(), 1))
 
 
-def _hermite(y0: Tensor, y1: Tensor, f0: Tensor, f1: Tensor | None, h: float, theta: float) -> Tensor:
-    """Cubic Hermite interpolant at θ ∈ (0, 1) of a step (quadratic without the end slope ``f1``)."""
-    if f1 is None:  # y0 + θ h f0 + θ² (y1 − y0 − h f0)
-        return lincomb([(1.0 - theta * theta, y0), (theta * theta, y1), ((theta - theta * theta) * h, f0)])
-    t2, t3 = theta * theta, theta * theta * theta
-    h00, h10, h01, h11 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + theta, -2 * t3 + 3 * t2, t3 - t2
-    return lincomb([(h00, y0), (h01, y1), (h10 * h, f0), (h11 * h, f1)])
+def _dense_output(
+    tableau: EmbeddedTableau, y0: Tensor, y1: Tensor, ks: list[Tensor], ws: list[float], h: float
+) -> Callable[[float], Tensor]:
+    """x̄ at fraction θ ∈ (0, 1) of an accepted step, from its stages (slopes are w_i k_i).
+
+    Quartic through y0, y0', y(½), y1, y1' when the tableau has midpoint weights and its last stage
+    is at y1; cubic Hermite with the end slope otherwise; quadratic (y0, y0', y1) without one. The
+    slopes' σ factors enter the coefficients, so each value is one :func:`lincomb`.
+    """
+    exact_end = tableau.last_is_solution
+    k0, w0 = ks[0], ws[0]
+    if tableau.mid is not None and exact_end:
+        y_mid = lincomb([(1.0, y0)] + [(h * m * w, k) for m, w, k in zip(tableau.mid, ws, ks) if m != 0.0])
+
+        def quartic(theta: float) -> Tensor:
+            c = np.array([1.0, theta, theta**2, theta**3, theta**4]) @ _QUARTIC  # weights of the 5 conditions
+            return lincomb(
+                [(float(c[0]), y0), (float(c[2]), y1), (float(c[4]), y_mid)]
+                + [(float(c[1]) * h * w0, k0), (float(c[3]) * h * ws[-1], ks[-1])]
+            )
+
+        return quartic
+
+    def hermite(theta: float) -> Tensor:
+        t2, t3 = theta * theta, theta * theta * theta
+        if not exact_end:  # y0 + θ h f0 + θ² (y1 − y0 − h f0)
+            return lincomb([(1.0 - t2, y0), (t2, y1), ((theta - t2) * h * w0, k0)])
+        h00, h10, h01, h11 = 2 * t3 - 3 * t2 + 1, t3 - 2 * t2 + theta, -2 * t3 + 3 * t2, t3 - t2
+        return lincomb([(h00, y0), (h01, y1), (h10 * h * w0, k0), (h11 * h * ws[-1], ks[-1])])
+
+    return hermite
 
 
 def integrate_embedded(
@@ -264,12 +331,11 @@ def integrate_embedded(
         ratio = _rms_ratio(err, y, y_new, rtol, atol)
         accept = ratio <= 1.0  # False for NaN
         if accept:
-            if output is not None:
-                f0 = k0 if w0 == 1.0 else k0 * w0
-                f1 = (ks[-1] if ws[-1] == 1.0 else ks[-1] * ws[-1]) if exact_fsal else None
-                t_new = tau + h
+            t_new = tau + h
+            if output is not None and next_out < len(times) - 1 and (t_new - times[next_out]) * direction > 0:
+                dense = _dense_output(tableau, y, y_new, ks, ws, h)  # only for steps with grid points inside
                 while next_out < len(times) - 1 and (t_new - times[next_out]) * direction > 0:
-                    output(next_out, _hermite(y, y_new, f0, f1, h, (times[next_out] - tau) / h))
+                    output(next_out, dense((times[next_out] - tau) / h))
                     next_out += 1
             tau = tau_end if last else tau + h
             y = y_new
