@@ -179,6 +179,9 @@ def solve(
             callback = lambda i, sigma, xb: flags.append(xb.detach().sum())
         else:
             callback = lambda i, sigma, xb: flags.append(xb.sum())
+        # only finiteness is read: an adaptive solver may pass the value at the end of the step
+        # that contains a grid point instead of interpolating there
+        callback.values_needed = False  # type: ignore[attr-defined]
     prepare = getattr(field, "prepare", None)
     if prepare is not None:
         # t(σ) at the grid points and the solver's stage points in one vectorised call, not one per evaluation

@@ -279,13 +279,16 @@ def integrate_embedded(
     first_step: float,
     max_num_steps: int = 2**31 - 1,
     output: Callable[[int, Tensor], None] | None = None,
+    dense_output: bool = True,
 ) -> Tensor:
     """Integrate x̄ adaptively in τ (τ = log σ or σ) from ``times[0]`` to ``times[-1]`` with an embedded pair.
 
     ``output(j, x̄(times[j]))`` is called for j = 1, …, len(times) − 1 (interior points interpolated,
-    the last one the final step's value). Time stays a float64 host value; each step reads one
-    error norm on the host (accept/reject). Raises ``RuntimeError`` after ``max_num_steps`` steps
-    and ``FloatingPointError`` when the step size underflows (a NaN/Inf state or a singular field).
+    the last one the final step's value; with ``dense_output=False`` an interior point gets the value
+    at the end of the step that contains it, for callers that only test finiteness). Time stays a
+    float64 host value; each step reads one error norm on the host (accept/reject). Raises
+    ``RuntimeError`` after ``max_num_steps`` steps and ``FloatingPointError`` when the step size
+    underflows (a NaN/Inf state or a singular field).
     """
     log = variable == "log"
     tau, tau_end = times[0], times[-1]
@@ -333,9 +336,10 @@ def integrate_embedded(
         if accept:
             t_new = tau + h
             if output is not None and next_out < len(times) - 1 and (t_new - times[next_out]) * direction > 0:
-                dense = _dense_output(tableau, y, y_new, ks, ws, h)  # only for steps with grid points inside
+                # only for steps with grid points inside
+                dense = _dense_output(tableau, y, y_new, ks, ws, h) if dense_output else None
                 while next_out < len(times) - 1 and (t_new - times[next_out]) * direction > 0:
-                    output(next_out, dense((times[next_out] - tau) / h))
+                    output(next_out, dense((times[next_out] - tau) / h) if dense is not None else y_new)
                     next_out += 1
             tau = tau_end if last else tau + h
             y = y_new
@@ -482,6 +486,7 @@ class AdaptiveSolver(Solver):
                     float(self.options.get("first_step", span / 10)),
                     int(self.options.get("max_num_steps", 2**31 - 1)),
                     out,
+                    dense_output=getattr(callback, "values_needed", True),
                 )
                 continue
             t = torch.tensor(times, dtype=torch.float64, device=xbar.device)
