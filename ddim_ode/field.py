@@ -98,28 +98,29 @@ class ProbabilityFlowODE:
         Off-grid σ (Runge–Kutta stages) are computed on first use and memoised.
         """
         sig = sigmas.detach().to(torch.float64).cpu().reshape(-1)
-        if len(self._coef_of) > 65536:  # bounded: adaptive solvers visit ever new σ
-            self._coef_of.clear()
         ts = self.schedule.t(sig)
         ab = self.schedule.alpha_bar(ts) if self.prediction != "eps" else torch.zeros_like(ts)
         for s, t, a in zip(sig.tolist(), ts.tolist(), ab.tolist()):
             if s not in self._coef_of:
-                self._coef_of[s] = (t, (1.0 + s * s) ** -0.5, a**0.5, (1.0 - a) ** 0.5)
+                self._remember(s, t, a)
 
     def _coefficients(self, sigma: float) -> tuple[float, float, float, float]:
+        """The table entry of σ, computed with scalar schedule calls (and remembered) when missing."""
         sigma = float(sigma)
         c = self._coef_of.get(sigma)
         if c is None:
             t = float(self.schedule.t(sigma))
-            a = float(self.schedule.alpha_bar(t)) if self.prediction != "eps" else 0.0
-            c = (t, (1.0 + sigma * sigma) ** -0.5, a**0.5, (1.0 - a) ** 0.5)
-            if len(self._coef_of) < 65536:  # bounded: adaptive solvers visit ever new σ
-                self._coef_of[sigma] = c
+            c = self._remember(sigma, t, float(self.schedule.alpha_bar(t)) if self.prediction != "eps" else 0.0)
         return c
 
-    def _t(self, sigma: float) -> float:
-        """t(σ) in the schedule's units, as the network sees it."""
-        return self._coefficients(sigma)[0]
+    def _remember(self, sigma: float, t: float, alpha_bar: float) -> tuple[float, float, float, float]:
+        """Store (t, 1/√(1+σ²), √ᾱ, √(1−ᾱ)) for σ; the table is emptied past 65536 entries (adaptive
+        solvers visit ever new σ)."""
+        if len(self._coef_of) >= 65536:
+            self._coef_of.clear()
+        c = (t, (1.0 + sigma * sigma) ** -0.5, alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5)
+        self._coef_of[sigma] = c
+        return c
 
     def __call__(self, xbar: Tensor, sigma: float) -> Tensor:
         """ε at (x̄, σ), which is dx̄/dσ; same shape and dtype as ``xbar``."""
