@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
@@ -167,14 +167,17 @@ def solve(
     flags: list[Tensor] = []
     nfe0 = field.nfe
 
-    def callback(i: int, sigma: float, xb: Tensor) -> None:
-        if trajectory:
-            traj.append(xb)
-        if check_finite:  # one sum per step: NaN/±Inf in any element (or an overflowing sum) makes it non-finite
-            flags.append(xb.detach().sum())
+    # one sum per step for the finite check: NaN/±Inf in any element (or an overflowing sum) makes it non-finite
+    callback: Callable[[int, float, Tensor], None] | None = None
+    if trajectory:
 
-    use_cb = trajectory or check_finite
-    if check_finite and not trajectory:  # the common case, without the branches
+        def record(i: int, sigma: float, xb: Tensor) -> None:
+            traj.append(xb)
+            if check_finite:
+                flags.append(xb.detach().sum())
+
+        callback = record
+    elif check_finite:
         if torch.is_grad_enabled():
             callback = lambda i, sigma, xb: flags.append(xb.detach().sum())
         else:
@@ -187,7 +190,7 @@ def solve(
         # t(σ) at the grid points and the solver's stage points in one vectorised call, not one per evaluation
         extra = slv.stage_sigmas(sig.tolist())
         prepare(torch.cat([sig, torch.tensor(extra, dtype=torch.float64)]) if extra else sig)
-    out, final_state = slv.solve(field, xbar, sig, callback if use_cb else None, state)
+    out, final_state = slv.solve(field, xbar, sig, callback, state)
     if check_finite and flags:
         ok = torch.isfinite(torch.stack(flags)).cpu()
         if not bool(ok.all()):
