@@ -631,3 +631,23 @@ def test_native_adaptive_trajectory_matches_the_exact_solution(name):
         exact = GAUSS.solution(xbar0, sig[0], sig[j])
         scale = 1.0 + float(exact.abs().max())
         assert float((sol.trajectory[j] - exact).abs().max()) <= 200 * tol * scale, (name, j, sig[j])
+
+
+def test_embedded_loop_with_a_pair_that_is_not_fsal():
+    """The textbook Heun–Euler pair (first stage evaluated at each accepted solution) through the native
+    loop: the Gaussian's exact flow within the tolerance's reach, every grid point reported once."""
+    from ddim_ode.solvers.adaptive import EmbeddedTableau, integrate_embedded
+
+    pair = EmbeddedTableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), e=(-0.5, 0.5), order=2, fsal=False)
+    field = ProbabilityFlowODE(GAUSS, SCHEDULE)
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    times = [5.0, 2.0, 0.5, 0.05]
+    seen: dict[int, Tensor] = {}
+    tol = 1e-6
+    out = integrate_embedded(
+        field, x, times, pair, "sigma", tol, tol, first_step=0.5, output=lambda j, y: seen.setdefault(j, y)
+    )
+    assert sorted(seen) == [1, 2, 3] and seen[3] is out
+    for j in (1, 2, 3):
+        exact = GAUSS.solution(x, times[0], times[j])
+        assert float((seen[j] - exact).abs().max()) <= 200 * tol * (1.0 + float(exact.abs().max())), j

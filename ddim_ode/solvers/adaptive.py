@@ -457,19 +457,7 @@ class AdaptiveSolver(Solver):
         sig = [float(s) for s in sigmas.cpu()]
         for variable, i0, i1 in self._segments(sig):
             points = sig[i0 : i1 + 1]
-            if variable == "log":
-                times = [math.log(s) for s in points]
-
-                def rhs(s: Tensor, y: Tensor) -> Tensor:
-                    sigma = math.exp(float(s.detach()))
-                    return sigma * field(y, sigma)
-
-            else:
-                times = points
-
-                def rhs(s: Tensor, y: Tensor) -> Tensor:
-                    return field(y, max(float(s.detach()), 0.0))
-
+            times = [math.log(s) for s in points] if variable == "log" else points
             span = abs(times[-1] - times[0])
             if self.engine == "native":
                 out: Callable[[int, Tensor], None] | None = None
@@ -489,6 +477,17 @@ class AdaptiveSolver(Solver):
                     dense_output=getattr(callback, "values_needed", True),
                 )
                 continue
+            if variable == "log":
+
+                def rhs(s: Tensor, y: Tensor) -> Tensor:
+                    sigma = math.exp(float(s.detach()))
+                    return sigma * field(y, sigma)
+
+            else:
+
+                def rhs(s: Tensor, y: Tensor) -> Tensor:
+                    return field(y, max(float(s.detach()), 0.0))
+
             t = torch.tensor(times, dtype=torch.float64, device=xbar.device)
             # Land a step exactly on the segment's end: torchdiffeq otherwise steps past it and returns a
             # (4th-order) interpolant there, far less accurate than dopri8's or dopri5's steps. Start with a
