@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .field import ProbabilityFlowODE
-from .integrate import Solution, decode, encode, from_xbar, integrate
+from .integrate import Solution, _tabulate, decode, encode, from_xbar, integrate
 from .solvers import Solver, get_solver
 from .solvers.reversible import ReversibleLatent
 
@@ -354,6 +354,7 @@ def solve_adjoint(
         if not isinstance(p, Tensor):
             raise TypeError(f"params must be tensors, got {type(p).__name__}")
     nfe0 = field.nfe
+    _tabulate(field, slv, sig)  # as the plain driver: the sweep's re-computed steps look t(σ) up
     if slv.adaptive:
         if state is not None:
             raise ValueError(f"adaptive solver {slv.name!r} takes no initial state")

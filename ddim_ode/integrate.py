@@ -142,6 +142,14 @@ def _make_field(model: Any, schedule: Schedule, prediction: Prediction, defaults
 # the core loop
 
 
+def _tabulate(field: ProbabilityFlowODE, slv: Solver, sig: Tensor) -> None:
+    """t(σ) at the grid points and the solver's stage points in one vectorised call, not one per evaluation."""
+    prepare = getattr(field, "prepare", None)
+    if prepare is not None:
+        extra = slv.stage_sigmas(sig.tolist())
+        prepare(torch.cat([sig, torch.tensor(extra, dtype=torch.float64)]) if extra else sig)
+
+
 def solve(
     field: ProbabilityFlowODE,
     xbar: Tensor,
@@ -185,11 +193,7 @@ def solve(
         # only finiteness is read: an adaptive solver may pass the value at the end of the step
         # that contains a grid point instead of interpolating there
         callback.values_needed = False  # type: ignore[attr-defined]
-    prepare = getattr(field, "prepare", None)
-    if prepare is not None:
-        # t(σ) at the grid points and the solver's stage points in one vectorised call, not one per evaluation
-        extra = slv.stage_sigmas(sig.tolist())
-        prepare(torch.cat([sig, torch.tensor(extra, dtype=torch.float64)]) if extra else sig)
+    _tabulate(field, slv, sig)
     out, final_state = slv.solve(field, xbar, sig, callback, state)
     if check_finite and flags:
         ok = torch.isfinite(torch.stack(flags)).cpu()
