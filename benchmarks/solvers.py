@@ -192,7 +192,7 @@ def step_counts(
 def fixed_grid_specs() -> list[tuple[str, str, dict[str, Any]]]:
     specs = [
         (info.name, info.name, {})
-        for info in ddim_ode.solvers()
+        for info in ddim_ode.list_solvers()
         if not info.adaptive and not info.stochastic and info.name != "ddpm"
     ]
     return specs + list(VARIANTS)
@@ -542,7 +542,7 @@ def measure_orders() -> dict[str, Any]:
     zm = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     mix_field = ProbabilityFlowODE(mixture, schedule)
     mix_ref, _ = analytic.reference_solve(mix_field, zm * math.sqrt(25.5), 5.0, 0.05, rtol=1e-13, atol=1e-13)
-    specs = [(s.name, {}) for s in ddim_ode.solvers() if not s.adaptive and not s.stochastic]
+    specs = [(s.name, {}) for s in ddim_ode.list_solvers() if not s.adaptive and not s.stochastic]
     rows = []
     for name, options in specs + list(ORDER_VARIANTS):
         row: dict[str, Any] = {

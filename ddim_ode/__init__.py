@@ -3,17 +3,18 @@
 In the coordinates x̄ = x/√ᾱ and σ = √((1 − ᾱ)/ᾱ) a DDPM ε-network defines
 dx̄/dσ = ε_θ(x̄/√(1 + σ²), t(σ)); DDIM is its Euler discretisation. :func:`integrate`,
 :func:`decode` (noise → data) and :func:`encode` (data → noise) integrate it with any
-registered solver (:func:`solvers`).
+registered solver (:func:`list_solvers`).
 """
 
-from . import adjoint, analytic, grids, likelihood
+from . import adjoint, analytic, grids, likelihood, solvers
 from .adjoint import decode_adjoint, encode_adjoint, integrate_adjoint, solve_adjoint
 from .field import PREDICTIONS, ProbabilityFlowODE, SigmaModel
 from .grids import GRIDS, make_grid
 from .integrate import Solution, decode, encode, from_xbar, integrate, solve, to_xbar
 from .likelihood import LikelihoodResult, log_likelihood
+from .models import ResolvedModel, resolve_model
 from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
-from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, register, solvers
+from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, list_solvers, register
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,7 @@ __all__ = [
     "adjoint",
     "analytic",
     "likelihood",
+    "solvers",
     "LikelihoodResult",
     "log_likelihood",
     "decode_adjoint",
@@ -48,6 +50,8 @@ __all__ = [
     "SolverInfo",
     "get_solver",
     "register",
-    "solvers",
+    "list_solvers",
+    "resolve_model",
+    "ResolvedModel",
     "__version__",
 ]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -251,47 +250,6 @@ class _DiscreteAdjoint(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------------------------------
-# the continuous adjoint (adaptive solvers)
-
-
-def _continuous_adjoint(
-    field: ProbabilityFlowODE, slv: Solver, xbar: Tensor, sig: Tensor, params: Sequence[Tensor]
-) -> Tensor:
-    """torchdiffeq's ``odeint_adjoint`` over the same segments, variables and tolerances as ``slv.solve``."""
-    from torchdiffeq import odeint_adjoint
-
-    method = getattr(slv, "method_name", None) or getattr(slv, "method", None)
-    if not isinstance(method, str):
-        raise ValueError(
-            f"adaptive solver {slv.name!r} does not name its torchdiffeq method; the continuous adjoint cannot use it"
-        )
-    rtol = float(getattr(slv, "rtol", 1e-5))
-    atol = float(getattr(slv, "atol", 1e-5))
-    options = dict(getattr(slv, "options", None) or {})
-    points = [float(s) for s in sig]
-    segments = slv._segments(points) if hasattr(slv, "_segments") else [("sigma", 0, len(points) - 1)]
-    for variable, i0, i1 in segments:
-        if variable == "log":
-            times = [math.log(s) for s in (points[i0], points[i1])]
-
-            def rhs(s: Tensor, y: Tensor) -> Tensor:
-                sigma = math.exp(float(s.detach()))
-                return sigma * field(y, sigma)
-
-        else:
-            times = [points[i0], points[i1]]
-
-            def rhs(s: Tensor, y: Tensor) -> Tensor:
-                return field(y, max(float(s.detach()), 0.0))
-
-        t = torch.tensor(times, dtype=torch.float64, device=xbar.device)
-        xbar = odeint_adjoint(
-            rhs, xbar, t, method=method, rtol=rtol, atol=atol, options=options, adjoint_params=tuple(params)
-        )[-1]
-    return xbar
-
-
-# ---------------------------------------------------------------------------------------------
 # public entries
 
 
@@ -341,10 +299,9 @@ def solve_adjoint(
     slv = get_solver(solver, **(solver_options or {}))
     if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 0:
         raise ValueError(f"checkpoints must be an int >= 0, got {checkpoints!r}")
-    if getattr(slv, "eta", 0.0):
+    if slv.stochastic:
         raise ValueError(
-            f"solver {slv.name!r} with eta={slv.eta} adds fresh noise at every step; the adjoint needs a "  # type: ignore
-            "deterministic solver (eta=0)"
+            f"solver {slv.name!r} ({slv!r}) adds fresh noise at every step; the adjoint needs a deterministic solver"
         )
     sig = sigmas.to(torch.float64).cpu()
     if not slv.can_encode and float(sig[-1]) > float(sig[0]):
@@ -355,10 +312,10 @@ def solve_adjoint(
             raise TypeError(f"params must be tensors, got {type(p).__name__}")
     nfe0 = field.nfe
     _tabulate(field, slv, sig)  # as the plain driver: the sweep's re-computed steps look t(σ) up
-    if slv.adaptive:
+    if slv.adjoint_method == "continuous":
         if state is not None:
-            raise ValueError(f"adaptive solver {slv.name!r} takes no initial state")
-        out = _continuous_adjoint(field, slv, xbar, sig, plist)
+            raise ValueError(f"solver {slv.name!r} takes no initial state")
+        out = slv.solve_adjoint(field, xbar, sig, plist)
         final_state = None
     else:
         state_leaves, _ = _flatten(state)

@@ -23,7 +23,7 @@ from torch import Tensor
 from ._files import save_npz, save_png
 from .images import image_grid, slerp, to_unit
 from .integrate import Solution, decode, encode
-from .solvers import SOLVERS, get_solver, solvers
+from .solvers import SOLVERS, get_solver, list_solvers
 from .solvers.reversible import concat_states, state_from_arrays, state_to_arrays
 
 __all__ = ["main", "build_parser"]
@@ -404,7 +404,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_solvers(args: argparse.Namespace) -> None:
-    rows = solvers()
+    rows = list_solvers()
     print(f"{'name':<18} {'order':>5} {'NFE/step':>8} {'encode':>6}  paper")
     for s in rows:
         print(f"{s.name:<18} {s.order:>5} {s.nfe_per_step:>8g} {('yes' if s.can_encode else 'no'):>6}  {s.paper}")

@@ -190,11 +190,10 @@ def solve(
             callback = lambda i, sigma, xb: flags.append(xb.detach().sum())
         else:
             callback = lambda i, sigma, xb: flags.append(xb.sum())
-        # only finiteness is read: an adaptive solver may pass the value at the end of the step
-        # that contains a grid point instead of interpolating there
-        callback.values_needed = False  # type: ignore[attr-defined]
     _tabulate(field, slv, sig)
-    out, final_state = slv.solve(field, xbar, sig, callback, state)
+    # only finiteness is read unless a trajectory is recorded: an adaptive solver may then pass the
+    # value at the end of the step that contains a grid point instead of interpolating there
+    out, final_state = slv.solve(field, xbar, sig, callback, state, dense=trajectory)
     if check_finite and flags:
         ok = torch.isfinite(torch.stack(flags)).cpu()
         if not bool(ok.all()):

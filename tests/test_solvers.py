@@ -24,7 +24,7 @@ from ddim_ode.solvers import (
     adams_bashforth_weights,
     ancestral_sigmas,
     get_solver,
-    solvers,
+    list_solvers,
 )
 
 SCHEDULE = DiscreteSchedule.linear()
@@ -105,7 +105,7 @@ class CountingEps(torch.nn.Module):
 
 
 def test_registry_lists_every_solver_with_order_nfe_and_paper():
-    infos = {info.name: info for info in solvers()}
+    infos = {info.name: info for info in list_solvers()}
     assert set(infos) == set(SOLVERS)
     expected = {"euler", "heun", "midpoint", "rk4", "dpm-solver-1", "dpm-solver-2", "dpm-solver-3"}
     expected |= {"dpm-solver++2m", "dpm-solver++3m", "plms", "unipc", "belm", "reversible-heun", "ddim", "ddpm"}

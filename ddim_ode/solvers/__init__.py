@@ -1,11 +1,11 @@
 """Solvers of the probability-flow ODE, looked up by name through a registry.
 
-Importing this package registers every solver; :func:`solvers` lists them with order, NFE per
+Importing this package registers every solver; :func:`list_solvers` lists them with order, NFE per
 step and source paper, :func:`get_solver` builds one by name with constructor options.
 """
 
-from .adaptive import ADAPTIVE_METHODS, AdaptiveHeun, AdaptiveSolver, Bosh3, Dopri5, Dopri8, TorchDiffEqSolver
-from .base import SOLVERS, Evaluation, Solver, SolverInfo, get_solver, register, solvers
+from .adaptive import ADAPTIVE_METHODS, AdaptiveHeun, AdaptiveSolver, Bosh3, Dopri5, Dopri8
+from .base import SOLVERS, Evaluation, Solver, SolverInfo, get_solver, list_solvers, register
 from .exponential import (
     DPMSolver,
     DPMSolver1,
@@ -30,7 +30,7 @@ __all__ = [
     "Evaluation",
     "get_solver",
     "register",
-    "solvers",
+    "list_solvers",
     "ButcherTableau",
     "ExplicitRK",
     "Euler",
@@ -51,7 +51,6 @@ __all__ = [
     "PLMS",
     "adams_bashforth_weights",
     "AdaptiveSolver",
-    "TorchDiffEqSolver",
     "ADAPTIVE_METHODS",
     "Dopri5",
     "Bosh3",

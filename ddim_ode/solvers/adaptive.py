@@ -51,14 +51,12 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from ..field import ProbabilityFlowODE
 from .base import Solver, lincomb, register
 
 __all__ = [
     "AdaptiveSolver",
-    "TorchDiffEqSolver",
     "Dopri5",
     "Bosh3",
     "Dopri8",
@@ -384,6 +382,7 @@ class AdaptiveSolver(Solver):
     """
 
     adaptive = True
+    adjoint_method = "continuous"
     method: ClassVar[str] = ""
     paper = _CHEN_2018
 
@@ -446,6 +445,33 @@ class AdaptiveSolver(Solver):
         middle: list[tuple[Variable, int, int]] = [("log", lo, hi)] if hi > lo else []
         return head + middle + tail
 
+    def _rhs(self, field: ProbabilityFlowODE, variable: Variable) -> Callable[[Tensor, Tensor], Tensor]:
+        """The right-hand side in the integration variable, as torchdiffeq calls it: ``f(s, x̄)``."""
+        if variable == "log":  # dx̄/d log σ = σ ε
+
+            def rhs_log(s: Tensor, y: Tensor) -> Tensor:
+                sigma = math.exp(float(s.detach()))
+                return sigma * field(y, sigma)
+
+            return rhs_log
+
+        def rhs_sigma(s: Tensor, y: Tensor) -> Tensor:
+            return field(y, max(float(s.detach()), 0.0))
+
+        return rhs_sigma
+
+    def _times(self, points: list[float], variable: Variable, device: torch.device) -> Tensor:
+        times = [math.log(s) for s in points] if variable == "log" else points
+        return torch.tensor(times, dtype=torch.float64, device=device)
+
+    def _torchdiffeq_options(self, times: Tensor) -> dict[str, Any]:
+        # Land a step exactly on the segment's end: torchdiffeq otherwise steps past it and returns a
+        # (4th-order) interpolant there, far less accurate than dopri8's or dopri5's steps. Start with a
+        # tenth of the segment: torchdiffeq's initial-step heuristic scales with |y|/|f|, which in log σ
+        # near σ_min (f = σ ε small, |x̄| large) can probe σ ~ 1e29, far outside the schedule.
+        span = abs(float(times[-1]) - float(times[0]))
+        return {"step_t": times[-1:], "first_step": span / 10, **self.options}
+
     def solve(
         self,
         field: ProbabilityFlowODE,
@@ -453,13 +479,14 @@ class AdaptiveSolver(Solver):
         sigmas: Tensor,
         callback: Callable[[int, float, Tensor], None] | None = None,
         state: Any = None,
+        *,
+        dense: bool = True,
     ) -> tuple[Tensor, Any]:
         sig = [float(s) for s in sigmas.cpu()]
         for variable, i0, i1 in self._segments(sig):
             points = sig[i0 : i1 + 1]
-            times = [math.log(s) for s in points] if variable == "log" else points
-            span = abs(times[-1] - times[0])
             if self.engine == "native":
+                times = [math.log(s) for s in points] if variable == "log" else points
                 out: Callable[[int, Tensor], None] | None = None
                 if callback is not None:
                     out = lambda j, y, i0=i0, points=points: callback(i0 + j, points[j], y)  # noqa: E731
@@ -471,45 +498,55 @@ class AdaptiveSolver(Solver):
                     variable,
                     self.rtol,
                     self.atol,
-                    float(self.options.get("first_step", span / 10)),
+                    float(self.options.get("first_step", abs(times[-1] - times[0]) / 10)),
                     int(self.options.get("max_num_steps", 2**31 - 1)),
                     out,
-                    dense_output=getattr(callback, "values_needed", True),
+                    dense_output=dense,
                 )
                 continue
-            if variable == "log":
+            from torchdiffeq import odeint  # imported on the torchdiffeq engine's path only
 
-                def rhs(s: Tensor, y: Tensor) -> Tensor:
-                    sigma = math.exp(float(s.detach()))
-                    return sigma * field(y, sigma)
-
-            else:
-
-                def rhs(s: Tensor, y: Tensor) -> Tensor:
-                    return field(y, max(float(s.detach()), 0.0))
-
-            t = torch.tensor(times, dtype=torch.float64, device=xbar.device)
-            # Land a step exactly on the segment's end: torchdiffeq otherwise steps past it and returns a
-            # (4th-order) interpolant there, far less accurate than dopri8's or dopri5's steps. Start with a
-            # tenth of the segment: torchdiffeq's initial-step heuristic scales with |y|/|f|, which in log σ
-            # near σ_min (f = σ ε small, |x̄| large) can probe σ ~ 1e29, far outside the schedule.
-            options = {"step_t": t[-1:], "first_step": span / 10, **self.options}
-            ys = odeint(rhs, xbar, t, rtol=self.rtol, atol=self.atol, method=self.method_name, options=options)
+            t = self._times(points, variable, xbar.device)
+            ys = odeint(
+                self._rhs(field, variable),
+                xbar,
+                t,
+                rtol=self.rtol,
+                atol=self.atol,
+                method=self.method_name,
+                options=self._torchdiffeq_options(t),
+            )
             if callback is not None:
                 for j in range(1, len(points)):
                     callback(i0 + j, points[j], ys[j])
             xbar = ys[-1]
         return xbar, state
 
+    def solve_adjoint(self, field: ProbabilityFlowODE, xbar: Tensor, sigmas: Tensor, params: list[Tensor]) -> Tensor:
+        """torchdiffeq's ``odeint_adjoint`` over the same pieces, variables, method and tolerances as
+        :meth:`solve` (its forward pass is torchdiffeq's method of the same name, whichever engine)."""
+        from torchdiffeq import odeint_adjoint
+
+        sig = [float(s) for s in sigmas.cpu()]
+        for variable, i0, i1 in self._segments(sig):
+            t = self._times([sig[i0], sig[i1]], variable, xbar.device)
+            xbar = odeint_adjoint(
+                self._rhs(field, variable),
+                xbar,
+                t,
+                method=self.method_name,
+                rtol=self.rtol,
+                atol=self.atol,
+                options=dict(self.options),
+                adjoint_params=tuple(params),
+            )[-1]
+        return xbar
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(method={self.method_name!r}, rtol={self.rtol:g}, atol={self.atol:g}, "
             f"variable={self.variable!r}, engine={self.engine!r})"
         )
-
-
-#: the former name of :class:`AdaptiveSolver`
-TorchDiffEqSolver = AdaptiveSolver
 
 
 class _Named(AdaptiveSolver):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -35,7 +35,7 @@ __all__ = [
     "Evaluation",
     "register",
     "get_solver",
-    "solvers",
+    "list_solvers",
     "SOLVERS",
     "touches_zero",
     "lincomb",
@@ -50,9 +50,11 @@ class Solver:
     warm-up and final-step special cases), ``paper`` (source), ``can_encode`` (whether it may
     integrate towards larger σ), ``adaptive`` (step sizes chosen by an error controller),
     ``reversible`` (encode → decode is exact up to rounding when the final state is passed on),
-    ``stochastic`` (draws random noise: a sampler of an SDE, not an ODE solver). ``order``,
-    ``nfe_per_step``, ``can_encode`` and ``stochastic`` may depend on constructor options and are
-    then set per instance.
+    ``stochastic`` (draws random noise: a sampler of an SDE, not an ODE solver), ``why_no_encode``
+    (the reason, when ``can_encode`` is false) and ``adjoint_method`` (how gradients are computed
+    memory-free: ``"discrete"``, by re-running :meth:`step` backwards through the grid, or
+    ``"continuous"``, by :meth:`solve_adjoint`). ``order``, ``nfe_per_step``, ``can_encode`` and
+    ``stochastic`` may depend on constructor options and are then set per instance.
     """
 
     name: ClassVar[str] = ""
@@ -64,6 +66,7 @@ class Solver:
     can_encode: bool = True
     stochastic: bool = False
     why_no_encode: str = "it is not defined in that direction"
+    adjoint_method: ClassVar[Literal["discrete", "continuous"]] = "discrete"
 
     def init(self, field: ProbabilityFlowODE, xbar: Tensor, sigmas: Tensor) -> Any:
         """The initial state for integrating along ``sigmas`` (default: ``None``)."""
@@ -90,10 +93,15 @@ class Solver:
         sigmas: Tensor,
         callback: Callable[[int, float, Tensor], None] | None = None,
         state: Any = None,
+        *,
+        dense: bool = True,
     ) -> tuple[Tensor, Any]:
         """Integrate along the float64 grid ``sigmas``; ``callback(i, sigma_i, xbar_i)`` after each step.
 
         ``state`` overrides :meth:`init` (used to resume, or to pass an auxiliary state).
+        ``dense=False`` tells solvers that choose their own steps that the callback only inspects
+        the values (e.g. for finiteness), so they may pass the state at the end of the step that
+        contains grid point i instead of interpolating at σ_i.
         """
         sig = [float(s) for s in sigmas.cpu()]  # time values stay on the host: no device syncs
         if state is None:
@@ -103,6 +111,11 @@ class Solver:
             if callback is not None:
                 callback(i + 1, sig[i + 1], xbar)
         return xbar, state
+
+    def solve_adjoint(self, field: ProbabilityFlowODE, xbar: Tensor, sigmas: Tensor, params: list[Tensor]) -> Tensor:
+        """The end state along ``sigmas`` with gradients by the continuous adjoint (``adjoint_method ==
+        "continuous"`` only); the discrete adjoint needs nothing beyond :meth:`step`."""
+        raise NotImplementedError(f"solver {self.name!r} has no continuous adjoint; its adjoint is discrete")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -158,7 +171,7 @@ def touches_zero(sigma: float, sigma_next: float) -> bool:
 
 @dataclass(frozen=True)
 class SolverInfo:
-    """What :func:`solvers` reports about one registered solver (with default options)."""
+    """What :func:`list_solvers` reports about one registered solver (with default options)."""
 
     name: str
     order: int
@@ -200,7 +213,7 @@ def get_solver(solver: str | Solver, **options: Any) -> Solver:
         raise ValueError(f"bad options {options} for solver {solver!r}: {err}") from None
 
 
-def solvers() -> list[SolverInfo]:
+def list_solvers() -> list[SolverInfo]:
     """Every registered solver with its order, NFE per step and source paper (default options)."""
     out = []
     for name, factory in sorted(SOLVERS.items()):
