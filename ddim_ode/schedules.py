@@ -94,6 +94,14 @@ class Schedule(ABC):
     def t(self, sigma):  # type: ignore[no-untyped-def]
         """The inverse t(σ), clamped to ``[t_min, t_max]`` (σ = 0 maps to ``t_min``)."""
 
+    def scale(self, sigma: T) -> T:
+        """a(σ) with x_t = a · x̄: the factor between the model's input scale and DDIM coordinates.
+
+        For a variance-preserving path a = √ᾱ = 1/√(1 + σ²).
+        """
+        s = _to64(sigma)
+        return _out(torch.rsqrt(1.0 + s * s), sigma)
+
     def alpha_bar(self, t: T) -> T:
         """ᾱ_t = 1 / (1 + σ(t)²)."""
         s = _to64(self.sigma(_to64(t)))
