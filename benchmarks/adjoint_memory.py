@@ -58,7 +58,6 @@ def worker(method: str, n: int, batch: int, solver: str, seed: int) -> dict[str,
     import torch
 
     import ddim_ode
-    from ddim_ode.adjoint import decode_adjoint
     from ddim_ode.unet import UNet, UNetConfig
 
     torch.set_num_threads(1)
@@ -83,7 +82,7 @@ def worker(method: str, n: int, batch: int, solver: str, seed: int) -> dict[str,
         kw = dict(model=model, schedule=schedule, sigmas=sigmas)
         if method == "plain":
             return ddim_ode.decode(x, solver, n, **kw)
-        return decode_adjoint(x, solver, n, params=params, checkpoints=checkpoints, **kw)
+        return ddim_ode.decode(x, solver, n, adjoint=True, params=params, checkpoints=checkpoints, **kw)
 
     # warm-up (lazy initialisation, allocator pools), then the measured call
     small = ddim_ode.decode(x_T[:2].clone().requires_grad_(True), solver, 2, model=model, schedule=schedule)

@@ -3,7 +3,7 @@
     minimise_x_T  ‖M ⊙ (decode(x_T) − x0*)‖² / ‖M‖₁,   x_T kept on the sphere ‖x_T‖ = √d
 
 ``decode`` is deterministic DDIM (Euler) with n steps on the model; its gradient comes from
-:func:`ddim_ode.adjoint.decode_adjoint` (discrete adjoint, √n checkpoints), so memory does not grow
+:func:`ddim_ode.decode` with ``adjoint=True`` (discrete adjoint, √n checkpoints), so memory does not grow
 with n. Adam on x_T; after every step x_T is projected back onto the sphere of radius √d, where
 almost all of N(0, I)'s mass lies, which keeps the latent a plausible noise sample. The hidden
 pixels are never seen; how well they are filled in is measured against the held-out truth.
@@ -30,7 +30,6 @@ from typing import Any
 import torch
 
 import ddim_ode
-from ddim_ode.adjoint import decode_adjoint
 from ddim_ode.analytic import GaussianMixture
 
 
@@ -101,14 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         return (err * err * m).flatten(1).sum(1) / m.flatten(1).sum(1)
 
     with torch.no_grad():
-        start = decode_adjoint(x_T, "euler", args.n, **kw)
+        start = ddim_ode.decode(x_T, "euler", args.n, adjoint=True, **kw)
     latent = x_T.clone().requires_grad_(True)
     opt = torch.optim.Adam([latent], lr=args.lr)
     history = []
     t0 = time.perf_counter()
     for it in range(args.iters):
         opt.zero_grad()
-        x0 = decode_adjoint(latent, "euler", args.n, **kw)
+        x0 = ddim_ode.decode(latent, "euler", args.n, adjoint=True, **kw)
         loss = per_sample(x0 - target, mask).sum()
         loss.backward()
         opt.step()
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"iter {it:4d}  masked MSE {history[-1]:.4f}", flush=True)
     seconds = time.perf_counter() - t0
     with torch.no_grad():
-        final = decode_adjoint(latent, "euler", args.n, **kw)
+        final = ddim_ode.decode(latent, "euler", args.n, adjoint=True, **kw)
     result = {
         "command": "python benchmarks/inpaint_example.py " + " ".join(argv or sys.argv[1:]),
         "model": label,

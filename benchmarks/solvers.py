@@ -42,9 +42,9 @@ from torch import Tensor
 
 import ddim_ode
 from ddim_ode import analytic
+from ddim_ode.core import from_xbar, solve, to_xbar
 from ddim_ode.field import ProbabilityFlowODE
 from ddim_ode.grids import make_grid
-from ddim_ode.integrate import from_xbar, solve, to_xbar
 from ddim_ode.schedules import DiscreteSchedule, Schedule
 
 TABLE_NFE = (5, 10, 20, 50)

@@ -7,10 +7,11 @@ registered solver (:func:`list_solvers`).
 """
 
 from . import adjoint, analytic, grids, likelihood, solvers
-from .adjoint import decode_adjoint, encode_adjoint, integrate_adjoint, solve_adjoint
+from .adjoint import ContinuousAdjoint, DiscreteAdjoint
+from .core import Solution, from_xbar, solve, to_xbar
 from .field import PREDICTIONS, ProbabilityFlowODE, SigmaModel
 from .grids import GRIDS, make_grid
-from .integrate import Solution, decode, encode, from_xbar, integrate, solve, to_xbar
+from .integrate import decode, encode, integrate
 from .likelihood import LikelihoodResult, log_likelihood
 from .models import ResolvedModel, resolve_model
 from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
@@ -25,10 +26,8 @@ __all__ = [
     "solvers",
     "LikelihoodResult",
     "log_likelihood",
-    "decode_adjoint",
-    "encode_adjoint",
-    "integrate_adjoint",
-    "solve_adjoint",
+    "DiscreteAdjoint",
+    "ContinuousAdjoint",
     "grids",
     "ContinuousSchedule",
     "DiscreteSchedule",

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from ._files import save_npz, save_png
+from .core import Solution
 from .images import image_grid, slerp, to_unit
-from .integrate import Solution, decode, encode
+from .integrate import decode, encode
 from .solvers import SOLVERS, get_solver, list_solvers
 from .solvers.reversible import concat_states, state_from_arrays, state_to_arrays
 

@@ -48,9 +48,10 @@ from torch import Tensor
 
 from ._files import atomic_path, save_npz
 from .analytic import AnalyticModel
+from .core import Solution
 from .field import PREDICTIONS, EpsModel, SigmaModel
 from .grids import GRIDS, make_grid
-from .integrate import Solution, decode, encode
+from .integrate import decode, encode
 from .schedules import Schedule
 from .solvers import Solver, get_solver
 

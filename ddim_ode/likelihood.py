@@ -60,7 +60,6 @@ trained on.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +68,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .field import PREDICTIONS, EpsModel, Prediction, ProbabilityFlowODE, SigmaModel
+from .checks import check_batch_size, check_x
+from .divergence import exact_divergence, hutchinson_divergence
+from .field import EpsModel, Prediction, ProbabilityFlowODE, SigmaModel
+from .models import resolve_model
 from .schedules import Schedule
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "PROBE_DISTS",
     "DEQUANTIZE",
     "DIGITS_BIN_WIDTH",
+    "ODE_METHODS",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -88,6 +91,8 @@ DEQUANTIZE = ("none", "uniform")
 #: the digits' lattice spacing in the model's [−1, 1] scale: pixels 0..16 map to pixel/16·2 − 1
 DIGITS_BIN_WIDTH = 2.0 / 16.0
 _FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+#: the torchdiffeq methods the augmented ODE may be integrated with (adaptive, then fixed-grid)
+ODE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", *_FIXED_GRID_METHODS, "scipy_solver")
 Prior = Literal["vp"] | Callable[[Tensor, float], Tensor]
 
 
@@ -177,40 +182,6 @@ def vp_prior_log_prob(xbar: Tensor, sigma: float) -> Tensor:
     return -0.5 * (x_t * x_t).sum(1) - 0.5 * d * math.log(2 * math.pi) - 0.5 * d * math.log1p(sigma * sigma)
 
 
-# ---------------------------------------------------------------------------------------------
-# divergences of ε with respect to the VP-scale state
-
-
-def _vjps(eps: Tensor, x: Tensor, vs: Tensor) -> Tensor:
-    """vᵀ (∂ε/∂x) for each v in ``vs`` (shape ``(m, *x.shape)``); batched where autograd allows."""
-    try:
-        (g,) = torch.autograd.grad(eps, x, grad_outputs=vs, retain_graph=True, is_grads_batched=True)
-        return g
-    except RuntimeError:  # an op without a batching rule: one product at a time
-        rows = [torch.autograd.grad(eps, x, grad_outputs=v, retain_graph=True)[0] for v in vs]
-        return torch.stack(rows)
-
-
-def _exact_divergence(eps: Tensor, x: Tensor, chunk: int) -> Tensor:
-    """tr(∂ε_b/∂x_b) for every sample b, shape ``(batch, 1)``: d vector–Jacobian products."""
-    b = x.shape[0]
-    d = x[0].numel()
-    out = torch.zeros(b, dtype=x.dtype, device=x.device)
-    for start in range(0, d, chunk):
-        idx = torch.arange(start, min(start + chunk, d), device=x.device)
-        vs = torch.zeros(idx.numel(), b, d, dtype=x.dtype, device=x.device)
-        vs[torch.arange(idx.numel(), device=x.device), :, idx] = 1.0
-        g = _vjps(eps, x, vs.reshape(idx.numel(), *x.shape)).reshape(idx.numel(), b, d)
-        out = out + g[torch.arange(idx.numel(), device=x.device), :, idx].sum(0)
-    return out[:, None]
-
-
-def _hutchinson_divergence(eps: Tensor, x: Tensor, probes: Tensor) -> Tensor:
-    """vᵀ (∂ε/∂x) v per sample and probe, shape ``(batch, probes)``."""
-    g = _vjps(eps, x, probes)  # (P, B, ...)
-    return (g * probes).reshape(probes.shape[0], x.shape[0], -1).sum(-1).T
-
-
 class _AugmentedField(torch.nn.Module):
     """The right-hand side in s = asinh σ of the augmented state (x, ℓ) (see the module docstring)."""
 
@@ -229,24 +200,17 @@ class _AugmentedField(torch.nn.Module):
             x_req = x.detach().requires_grad_(True)
             eps = self.field(x_req * scale, sigma)
             if self.divergence == "exact":
-                div = _exact_divergence(eps, x_req, self.chunk)
+                div = exact_divergence(eps, x_req, self.chunk)
             else:
                 assert self.probes is not None
-                div = _hutchinson_divergence(eps, x_req, self.probes)
+                div = hutchinson_divergence(eps, x_req, self.probes)
+        if not bool(torch.isfinite(eps.detach().sum() + div.detach().sum())):
+            raise FloatingPointError(
+                f"the model's output or its divergence is NaN/Inf at sigma={sigma:.6g}; "
+                "the likelihood is undefined there"
+            )
         dx = eps.detach() - math.tanh(s_val) * x
         return dx, div.detach().to(x.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# the public entry
-
-
-@functools.lru_cache(maxsize=4)
-def _builtin(device: str) -> tuple[Any, Schedule, str]:
-    from .io import load_default  # the built-in trained model, imported only when asked for
-
-    model, schedule, meta = load_default(device)
-    return model, schedule, str(meta.get("prediction", "eps"))
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -254,9 +218,134 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """The validated settings of one :func:`log_likelihood` call."""
+
+    method: str
+    rtol: float
+    atol: float
+    options: dict[str, Any]
+    divergence: str
+    probes: int
+    probe_dist: str
+    sigma_min: float
+    sigma_max: float
+    prior: Prior
+    dequantize: str
+    bin_width: float | None
+
+
+def _check_solver_settings(method: str, rtol: float, atol: float, options: dict[str, Any] | None) -> dict[str, Any]:
+    if method not in ODE_METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed (torchdiffeq): {', '.join(ODE_METHODS)}")
+    if not (math.isfinite(rtol) and math.isfinite(atol) and rtol > 0 and atol > 0):
+        raise ValueError(f"rtol and atol must be finite and > 0, got rtol={rtol}, atol={atol}")
+    opts = dict(options or {})
+    if method in _FIXED_GRID_METHODS and not (opts.get("step_size") or opts.get("grid_constructor")):
+        raise ValueError(f"the fixed-grid method {method!r} needs options={{'step_size': h}} (a step in s = asinh σ)")
+    return opts
+
+
+def _check_range(schedule: Schedule, sigma_min: float | None, sigma_max: float | None) -> tuple[float, float]:
+    s_lo = 0.0 if sigma_min is None else float(sigma_min)
+    s_hi = schedule.sigma_max if sigma_max is None else float(sigma_max)
+    if not (0.0 <= s_lo < s_hi) or not math.isfinite(s_hi):
+        raise ValueError(f"need 0 <= sigma_min < sigma_max < inf, got sigma_min={s_lo}, sigma_max={s_hi}")
+    if s_hi > schedule.sigma_max * (1 + 1e-9):
+        raise ValueError(f"sigma_max={s_hi:.6g} is above the schedule's sigma_max={schedule.sigma_max:.6g}")
+    return s_lo, s_hi
+
+
+def _check_x0(x0: Any, generator: torch.Generator | None) -> None:
+    check_x(x0, "x0")
+    if x0.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"x0 must be float32 or float64 (the ODE state's dtype), got {x0.dtype}")
+    if generator is not None and generator.device.type != x0.device.type:
+        raise ValueError(f"generator is on {generator.device} but x0 is on {x0.device}; they must match")
+
+
+def _dequantized(x0: Tensor, settings: _Settings, generator: torch.Generator | None) -> Tensor:
+    """x0, or x0 + Δ·u with u ~ U(−½, ½)^d for uniform dequantisation."""
+    x = x0.detach()
+    if settings.dequantize == "uniform":
+        assert settings.bin_width is not None
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5
+        x = x + settings.bin_width * u
+    return x
+
+
+def _draw_probes(xb: Tensor, settings: _Settings, generator: torch.Generator | None) -> Tensor | None:
+    if settings.divergence != "hutchinson":
+        return None
+    shape = (settings.probes, *xb.shape)
+    if settings.probe_dist == "rademacher":
+        return torch.randint(0, 2, shape, generator=generator, device=xb.device).to(xb.dtype) * 2 - 1
+    return torch.randn(shape, generator=generator, dtype=xb.dtype, device=xb.device)
+
+
+def _solve_chunk(
+    field: ProbabilityFlowODE, xb: Tensor, settings: _Settings, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(x at σ_max, ℓ per probe, log prior) for one chunk: one ODE solve of the augmented state."""
+    from torchdiffeq import odeint  # the integrator of the augmented (x, ℓ) state, loaded when used
+
+    d = xb[0].numel()
+    chunk = max(1, min(d, 2**22 // max(1, xb.shape[0] * d)))
+    func = _AugmentedField(field, settings.divergence, _draw_probes(xb, settings, generator), chunk)
+    width = 1 if settings.divergence == "exact" else settings.probes
+    ell0 = torch.zeros(xb.shape[0], width, dtype=xb.dtype, device=xb.device)
+    s_lo, s_hi = settings.sigma_min, settings.sigma_max
+    s_grid = torch.tensor([math.asinh(s_lo), math.asinh(s_hi)], dtype=torch.float64, device=xb.device)
+    x_t0 = xb / math.sqrt(1.0 + s_lo * s_lo)  # VP scale at σ_min (x̄ = x0 there)
+    xs, ells = odeint(
+        func,
+        (x_t0, ell0),
+        s_grid,
+        method=settings.method,
+        rtol=settings.rtol,
+        atol=settings.atol,
+        options=settings.options,
+    )
+    x_top, ell = xs[-1], ells[-1]
+    xbar_top = x_top * math.sqrt(1.0 + s_hi * s_hi)
+    prior = settings.prior
+    log_prior = vp_prior_log_prob(xbar_top, s_hi) if prior == "vp" else prior(xbar_top, s_hi)  # type: ignore[operator]
+    return x_top, ell, log_prior.to(xb.dtype)
+
+
+def _result(x_top: Tensor, ell: Tensor, log_prior: Tensor, d: int, nfe: int, settings: _Settings) -> LikelihoodResult:
+    """Per-sample log p, bits/dim and standard errors from the solves' (ℓ, log prior)."""
+    per_probe = log_prior[:, None] + ell  # (B, P)
+    log_prob = per_probe.mean(1)
+    offset = d * math.log(settings.bin_width) if settings.bin_width is not None else 0.0
+    to_bpd = 1.0 / (d * math.log(2.0))
+    std_err = None
+    if settings.divergence == "hutchinson" and settings.probes > 1:
+        std_err = per_probe.std(1, unbiased=True) / math.sqrt(settings.probes)
+    return LikelihoodResult(
+        log_prob=log_prob,
+        bits_per_dim=-(log_prob + offset) * to_bpd,
+        log_prob_std_err=std_err,
+        bits_per_dim_std_err=None if std_err is None else std_err * to_bpd,
+        prior_log_prob=log_prior,
+        delta_log_prob=ell.mean(1),
+        latent=x_top,
+        nfe=nfe,
+        dim=d,
+        sigma_min=settings.sigma_min,
+        sigma_max=settings.sigma_max,
+        bin_width=settings.bin_width,
+        dequantize=settings.dequantize,
+        divergence=settings.divergence,
+        probes=1 if settings.divergence == "exact" else settings.probes,
+        method=settings.method,
+    )
+
+
 def log_likelihood(
     x0: Tensor,
-    model: EpsModel | SigmaModel | None = None,
+    model: EpsModel | SigmaModel | str | None = None,
     schedule: Schedule | None = None,
     *,
     method: str = "dopri5",
@@ -272,7 +361,7 @@ def log_likelihood(
     dequantize: Literal["none", "uniform"] = "none",
     bin_width: float | None = None,
     generator: torch.Generator | None = None,
-    prediction: Prediction = "eps",
+    prediction: Prediction | None = None,
     batch_size: int | None = None,
 ) -> LikelihoodResult:
     """log p(x0) of the model's probability-flow ODE, per sample, in nats and bits/dim.
@@ -283,10 +372,11 @@ def log_likelihood(
     time variable, the prior and the treatment of discrete data.
 
     Args:
-        x0: data, shape ``(batch, ...)`` in the model's scale (the digits: [−1, 1]). Its dtype is
-            the state's dtype (use float64 for tight tolerances).
+        x0: data, shape ``(batch, ...)`` in the model's scale (the digits: [−1, 1]); float32 or
+            float64, the state's dtype (use float64 for tight tolerances).
         model: an ε-model ``model(x_t, t)`` or an exact oracle of :mod:`ddim_ode.analytic`
-            (evaluated at the exact σ); ``None`` is the built-in digits model with its schedule.
+            (evaluated at the exact σ), a model directory or built-in name; ``None`` is the
+            built-in digits model with its schedule (see :func:`~ddim_ode.models.resolve_model`).
         schedule: the model's noise schedule (σ_max is its top); required with a model.
         method: a torchdiffeq method: adaptive (``"dopri5"``, ``"dopri8"``, ``"bosh3"``,
             ``"fehlberg2"``, ``"adaptive_heun"``) or fixed-grid (``"rk4"``, ``"midpoint"``,
@@ -298,14 +388,15 @@ def log_likelihood(
         probes: number of Hutchinson probe vectors (≥ 2 to estimate the standard error).
         probe_dist: ``"rademacher"`` (±1, lower variance) or ``"gaussian"``.
         sigma_min: where to start; None or 0 is the data (σ = 0). See the module docstring.
-        sigma_max: where to stop; default the schedule's σ_max.
+        sigma_max: where to stop, at most the schedule's σ_max (the default).
         prior: ``"vp"`` (x_T ~ N(0, I)) or a callable ``prior(xbar, sigma) -> (batch,)`` log-density
             of x̄ at σ_max (e.g. ``oracle.log_prob_xbar`` for an exact prior).
         dequantize: ``"none"`` or ``"uniform"`` (adds U(−Δ/2, Δ/2) noise; needs a bin width).
         bin_width: lattice spacing Δ of discrete data in the model's scale, used for bits/dim;
             default 2/16 for the built-in digits model, else None (continuous density).
         generator: torch.Generator for the probes and the dequantisation noise (on x0's device).
-        prediction: what ``model`` predicts (``"eps"``, ``"x0"``, ``"v"``); ignored for the built-in.
+        prediction: what ``model`` predicts (``"eps"``, ``"x0"``, ``"v"``); default the loaded
+            model's own, else ``"eps"``.
         batch_size: evaluate in chunks of this many samples (each chunk is one ODE solve).
 
     Returns:
@@ -317,112 +408,33 @@ def log_likelihood(
     Raises:
         ValueError / TypeError: bad input, naming the allowed values.
     """
-    if not isinstance(x0, Tensor):
-        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
-    if not x0.is_floating_point():
-        raise TypeError(f"x0 must have a floating dtype (float32 or float64), got {x0.dtype}")
-    if x0.ndim < 2 or x0.shape[0] == 0:
-        raise ValueError(f"x0 must be a non-empty batch, shape (batch, ...) with >= 2 dims, got {tuple(x0.shape)}")
-    if not bool(torch.isfinite(x0).all()):
-        raise ValueError("x0 contains NaN or Inf values")
+    _check_x0(x0, generator)
     _check_choice("divergence", divergence, DIVERGENCES)
     _check_choice("probe_dist", probe_dist, PROBE_DISTS)
     _check_choice("dequantize", dequantize, DEQUANTIZE)
-    _check_choice("prediction", prediction, PREDICTIONS)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an int >= 1, got {probes!r}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol}, atol={atol}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be an int >= 1 or None, got {batch_size!r}")
     if not (prior == "vp" or callable(prior)):
         raise ValueError(f"unknown prior {prior!r}; allowed: 'vp' or a callable prior(xbar, sigma) -> log density")
-
-    from torchdiffeq import odeint
-    from torchdiffeq._impl.odeint import SOLVERS as TORCHDIFFEQ_METHODS
-
-    if method not in TORCHDIFFEQ_METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed (torchdiffeq): {', '.join(sorted(TORCHDIFFEQ_METHODS))}")
-    opts = options or {}
-    if method in _FIXED_GRID_METHODS and not (opts.get("step_size") or opts.get("grid_constructor")):
-        raise ValueError(f"the fixed-grid method {method!r} needs options={{'step_size': h}} (a step in s = asinh σ)")
-
-    if model is None:
-        if schedule is not None:
-            raise ValueError("schedule given without model: the built-in model comes with its own schedule")
-        model, schedule, prediction = _builtin(str(x0.device))  # type: ignore[assignment]
-        if bin_width is None:
-            bin_width = DIGITS_BIN_WIDTH
-    elif schedule is None:
-        raise ValueError("schedule is required when a model is given, e.g. schedule=ddim_ode.DiscreteSchedule.linear()")
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a ddim_ode Schedule, got {type(schedule).__name__}")
-    if bin_width is not None and not (bin_width > 0):
-        raise ValueError(f"bin_width must be > 0, got {bin_width}")
+    opts = _check_solver_settings(method, rtol, atol, options)
+    bs = check_batch_size(batch_size)
+    resolved = resolve_model(model, schedule, prediction, x0.device)
+    if bin_width is None and resolved.metadata.get("bin_width") is not None:
+        bin_width = float(resolved.metadata["bin_width"])
+    elif bin_width is None and model is None:
+        bin_width = DIGITS_BIN_WIDTH
+    if bin_width is not None and not (bin_width > 0 and math.isfinite(bin_width)):
+        raise ValueError(f"bin_width must be finite and > 0, got {bin_width}")
     if dequantize == "uniform" and bin_width is None:
         raise ValueError("dequantize='uniform' needs bin_width (the data's lattice spacing, e.g. 2/16 for the digits)")
-    s_lo = 0.0 if sigma_min is None else float(sigma_min)
-    s_hi = schedule.sigma_max if sigma_max is None else float(sigma_max)
-    if not (0.0 <= s_lo < s_hi) or not math.isfinite(s_hi):
-        raise ValueError(f"need 0 <= sigma_min < sigma_max < inf, got sigma_min={s_lo}, sigma_max={s_hi}")
-    if generator is not None and generator.device.type != x0.device.type:
-        raise ValueError(f"generator is on {generator.device} but x0 is on {x0.device}; they must match")
-
-    field = ProbabilityFlowODE(model, schedule, prediction=prediction)
-    x = x0.detach()
-    if dequantize == "uniform":
-        assert bin_width is not None
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device) - 0.5
-        x = x + bin_width * u
-    d = x[0].numel()
-    chunk = max(1, min(d, 2**22 // max(1, x.shape[0] * d)))
-    bs = x.shape[0] if batch_size is None else batch_size
-    parts: list[tuple[Tensor, Tensor, Tensor]] = []
-    for start in range(0, x.shape[0], bs):
-        xb = x[start : start + bs]
-        probe_t = None
-        if divergence == "hutchinson":
-            shape = (probes, *xb.shape)
-            if probe_dist == "rademacher":
-                probe_t = torch.randint(0, 2, shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
-            else:
-                probe_t = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
-        func = _AugmentedField(field, divergence, probe_t, chunk)
-        width = 1 if divergence == "exact" else probes
-        ell0 = torch.zeros(xb.shape[0], width, dtype=x.dtype, device=x.device)
-        s_grid = torch.tensor([math.asinh(s_lo), math.asinh(s_hi)], dtype=torch.float64, device=x.device)
-        x_t0 = xb / math.sqrt(1.0 + s_lo * s_lo)  # VP scale at σ_min (x̄ = x0 there)
-        xs, ells = odeint(func, (x_t0, ell0), s_grid, method=method, rtol=rtol, atol=atol, options=options)
-        x_top, ell = xs[-1], ells[-1]
-        xbar_top = x_top * math.sqrt(1.0 + s_hi * s_hi)
-        log_prior = vp_prior_log_prob(xbar_top, s_hi) if prior == "vp" else prior(xbar_top, s_hi)  # type: ignore
-        parts.append((x_top, ell, log_prior.to(x.dtype)))
-    x_top = torch.cat([p[0] for p in parts])
-    ell = torch.cat([p[1] for p in parts])
-    log_prior = torch.cat([p[2] for p in parts])
-    per_probe = log_prior[:, None] + ell  # (B, P)
-    log_prob = per_probe.mean(1)
-    offset = d * math.log(bin_width) if bin_width is not None else 0.0
-    to_bpd = 1.0 / (d * math.log(2.0))
-    bpd = -(log_prob + offset) * to_bpd
-    std_err = None
-    if divergence == "hutchinson" and probes > 1:
-        std_err = per_probe.std(1, unbiased=True) / math.sqrt(probes)
-    return LikelihoodResult(
-        log_prob=log_prob,
-        bits_per_dim=bpd,
-        log_prob_std_err=std_err,
-        bits_per_dim_std_err=None if std_err is None else std_err * to_bpd,
-        prior_log_prob=log_prior,
-        delta_log_prob=ell.mean(1),
-        latent=x_top,
-        nfe=field.nfe,
-        dim=d,
-        sigma_min=s_lo,
-        sigma_max=s_hi,
-        bin_width=bin_width,
-        dequantize=dequantize,
-        divergence=divergence,
-        probes=1 if divergence == "exact" else probes,
-        method=method,
+    s_lo, s_hi = _check_range(resolved.schedule, sigma_min, sigma_max)
+    settings = _Settings(
+        method, float(rtol), float(atol), opts, divergence, probes, probe_dist, s_lo, s_hi, prior, dequantize, bin_width
     )
+
+    field = ProbabilityFlowODE(resolved.model, resolved.schedule, prediction=resolved.prediction)
+    x = _dequantized(x0, settings, generator)
+    size = x.shape[0] if bs is None else bs
+    parts = [_solve_chunk(field, x[i : i + size], settings, generator) for i in range(0, x.shape[0], size)]
+    x_top, ell, log_prior = (torch.cat([p[k] for p in parts]) for k in range(3))
+    return _result(x_top, ell, log_prior, x[0].numel(), field.nfe, settings)

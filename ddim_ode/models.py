@@ -41,7 +41,7 @@ class ResolvedModel:
 def check_prediction(prediction: Any) -> Prediction:
     """``prediction`` if it is one of :data:`~ddim_ode.field.PREDICTIONS`, else a ``ValueError``."""
     if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
     return prediction  # type: ignore[no-any-return]
 
 

@@ -8,7 +8,7 @@ from conftest import TinyEpsNet
 
 import ddim_ode
 from ddim_ode import DiscreteSchedule, ProbabilityFlowODE
-from ddim_ode.adjoint import decode_adjoint, encode_adjoint, integrate_adjoint, solve_adjoint
+from ddim_ode.adjoint import DiscreteAdjoint
 from ddim_ode.solvers import SOLVERS, get_solver
 
 SCHEDULE = DiscreteSchedule.linear()
@@ -44,7 +44,7 @@ def test_decode_adjoint_equals_plain_autograd(solver):
     kw = dict(model=net, schedule=SCHEDULE)
     out_ref, g_ref = _grads(lambda z: ddim_ode.decode(z, solver, 8, **kw), x, params, w)
     for c in (0, 3):
-        out, g = _grads(lambda z, c=c: decode_adjoint(z, solver, 8, checkpoints=c, **kw), x, params, w)
+        out, g = _grads(lambda z, c=c: ddim_ode.decode(z, solver, 8, checkpoints=c, **kw, adjoint=True), x, params, w)
         assert torch.equal(out, out_ref)  # same solver code, same result
         for a, b in zip(g, g_ref):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
@@ -58,7 +58,7 @@ def test_encode_adjoint_equals_plain_autograd(solver):
     w = torch.randn(2, 3, generator=_gen(3), dtype=torch.float64)
     kw = dict(model=net, schedule=SCHEDULE, grid="logsnr")
     _, g_ref = _grads(lambda z: ddim_ode.encode(z, solver, 6, **kw), x, params, w)
-    _, g = _grads(lambda z: encode_adjoint(z, solver, 6, checkpoints=1, **kw), x, params, w)
+    _, g = _grads(lambda z: ddim_ode.encode(z, solver, 6, checkpoints=1, **kw, adjoint=True), x, params, w)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
@@ -80,13 +80,18 @@ def test_reversible_state_is_differentiated():
             return ddim_ode.decode(sol.x * 0.9, solver, 6, state=sol.state, **kw)
 
         def adj(z, solver=solver):
-            sol = encode_adjoint(z, solver, 6, return_solution=True, **kw)
-            return decode_adjoint(sol.x * 0.9, solver, 6, state=sol.state, **kw)
+            sol = ddim_ode.encode(z, solver, 6, return_solution=True, **kw, adjoint=True)
+            return ddim_ode.decode(sol.x * 0.9, solver, 6, state=sol.state, **kw, adjoint=True)
 
         _, g_ref = _grads(plain, x, [], w)
         _, g = _grads(adj, x, [], w)
         torch.testing.assert_close(g[0], g_ref[0], rtol=1e-9, atol=1e-12)
-        out, g = _grads(lambda z, s=solver: decode_adjoint(encode_adjoint(z, s, 6, **kw), s, 6, **kw), x, [], w)
+        out, g = _grads(
+            lambda z, s=solver: ddim_ode.decode(ddim_ode.encode(z, s, 6, **kw, adjoint=True), s, 6, **kw, adjoint=True),
+            x,
+            [],
+            w,
+        )
         torch.testing.assert_close(out, x, rtol=0, atol=1e-10)  # exact inversion through the carried state
         torch.testing.assert_close(g[0], w, rtol=1e-8, atol=1e-10)  # d(identity) = I
 
@@ -113,7 +118,7 @@ def test_gradients_match_finite_differences_on_the_gaussian():
     w = torch.randn(2, 2, generator=_gen(7), dtype=torch.float64)
 
     def loss(z):
-        return (decode_adjoint(z, "heun", 10, model=model, schedule=SCHEDULE, grid="karras") * w).sum()
+        return (ddim_ode.decode(z, "heun", 10, model=model, schedule=SCHEDULE, grid="karras", adjoint=True) * w).sum()
 
     z = x.clone().requires_grad_(True)
     g_x, g_mu, g_s = torch.autograd.grad(loss(z), [z, model.mu, model.log_s])
@@ -139,7 +144,7 @@ def test_continuous_adjoint_matches_the_exact_flow():
     # decode N(μ, s²) data with dopri5: x0 = μ + (x̄_T − μ) √(v/(v + σ_T²)), x̄_T = x_T √(1 + σ_T²)
     oracle = ddim_ode.analytic.Gaussian(torch.tensor([0.4, -0.2]), torch.tensor([0.6, 1.1]))
     x = torch.randn(3, 2, generator=_gen(8), dtype=torch.float64, requires_grad=True)
-    sol = decode_adjoint(
+    sol = ddim_ode.decode(
         x,
         "dopri5",
         10,
@@ -147,6 +152,7 @@ def test_continuous_adjoint_matches_the_exact_flow():
         schedule=SCHEDULE,
         return_solution=True,
         solver_options=dict(rtol=1e-7, atol=1e-7),
+        adjoint=True,
     )
     (g,) = torch.autograd.grad(sol.x.sum(), x)
     sigma_t = float(sol.sigmas[0])
@@ -172,7 +178,7 @@ def test_memory_does_not_grow_with_n_and_nfe_is_as_documented():
     x = torch.randn(16, 6, generator=_gen(9), dtype=torch.float64, requires_grad=True)
     kw = dict(model=net, schedule=SCHEDULE)
     plain = [_saved_bytes(lambda n=n: ddim_ode.decode(x, "euler", n, **kw)) for n in (5, 40)]
-    adj = [_saved_bytes(lambda n=n: decode_adjoint(x, "euler", n, **kw)) for n in (5, 40)]
+    adj = [_saved_bytes(lambda n=n: ddim_ode.decode(x, "euler", n, **kw, adjoint=True)) for n in (5, 40)]
     assert plain[1] > 6 * plain[0]
     assert adj[0] == adj[1] and adj[1] < plain[0]
     n = 12
@@ -180,7 +186,7 @@ def test_memory_does_not_grow_with_n_and_nfe_is_as_documented():
         field = ProbabilityFlowODE(net, SCHEDULE)
         xbar = x.detach().clone().requires_grad_(True)
         sig = ddim_ode.make_grid(SCHEDULE, "karras", n)
-        sol = solve_adjoint(field, xbar, sig, "euler", checkpoints=checkpoints)
+        sol = ddim_ode.solve(field, xbar, sig, "euler", adjoint=DiscreteAdjoint(checkpoints))
         assert sol.nfe == n
         sol.xbar.sum().backward()
         assert field.nfe == 2 * n + extra  # forward, n differentiated steps, re-computed steps
@@ -192,17 +198,19 @@ def test_integrate_adjoint_partial_range_and_errors():
     kw = dict(model=net, schedule=SCHEDULE, t_start=100, t_end=600)
     w = torch.randn(2, 3, generator=_gen(11), dtype=torch.float64)
     _, g_ref = _grads(lambda z: ddim_ode.integrate(z, "rk4", 5, **kw), x, [], w)
-    _, g = _grads(lambda z: integrate_adjoint(z, "rk4", 5, **kw), x, [], w)
+    _, g = _grads(lambda z: ddim_ode.integrate(z, "rk4", 5, **kw, adjoint=True), x, [], w)
     torch.testing.assert_close(g[0], g_ref[0], rtol=1e-10, atol=1e-12)
-    with pytest.raises(ValueError, match="eta"):
-        decode_adjoint(x, "ddpm", 5, model=net, schedule=SCHEDULE)
+    with pytest.raises(ValueError, match="fresh noise"):
+        ddim_ode.decode(x, "ddpm", 5, model=net, schedule=SCHEDULE, adjoint=True)
     with pytest.raises(ValueError, match="checkpoints must be"):
-        decode_adjoint(x, "euler", 5, model=net, schedule=SCHEDULE, checkpoints=-1)
+        ddim_ode.decode(x, "euler", 5, model=net, schedule=SCHEDULE, checkpoints=-1, adjoint=True)
 
 
 def test_nondeterministic_model_is_detected():
     net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Dropout(0.5)).double().train()
     x = torch.randn(4, 3, generator=_gen(12), dtype=torch.float64, requires_grad=True)
-    out = decode_adjoint(x, "euler", 3, model=lambda x_t, t: net(x_t), schedule=SCHEDULE, params=list(net.parameters()))
+    out = ddim_ode.decode(
+        x, "euler", 3, model=lambda x_t, t: net(x_t), schedule=SCHEDULE, params=list(net.parameters()), adjoint=True
+    )
     with pytest.raises(RuntimeError, match="deterministic"):
         out.sum().backward()

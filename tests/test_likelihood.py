@@ -8,7 +8,8 @@ from conftest import TinyEpsNet
 
 from ddim_ode import DiscreteSchedule, ProbabilityFlowODE
 from ddim_ode.analytic import Gaussian, GaussianMixture
-from ddim_ode.likelihood import _exact_divergence, log_likelihood, vp_prior_log_prob
+from ddim_ode.divergence import exact_divergence
+from ddim_ode.likelihood import log_likelihood, vp_prior_log_prob
 
 SCHEDULE = DiscreteSchedule.linear()
 TIGHT = dict(rtol=1e-8, atol=1e-8)
@@ -98,7 +99,7 @@ def test_exact_divergence_is_the_jacobian_trace():
     field = ProbabilityFlowODE(net, SCHEDULE)
     x = torch.randn(3, 5, generator=_gen(6), dtype=torch.float64, requires_grad=True)
     eps = field(x * 2.0, 1.5)
-    div = _exact_divergence(eps, x, chunk=2)[:, 0]
+    div = exact_divergence(eps, x, chunk=2)[:, 0]
     for b in range(3):
         jac = torch.autograd.functional.jacobian(lambda z: field(z[None] * 2.0, 1.5)[0], x[b].detach())
         torch.testing.assert_close(div[b], torch.trace(jac))

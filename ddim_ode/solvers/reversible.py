@@ -9,7 +9,7 @@ an ordinary tensor (the usual VP-scale x_T or x_0) that also carries the auxilia
 read that state back when given such a tensor. Any operation on it (``+``, ``.to(other dtype)``,
 indexing, ``.clone()``) returns a plain tensor without the state, as it should: the state belongs
 to those exact values. Decoding a plain tensor starts the scheme afresh, which for a tensor made by
-encoding is no better than DDIM inversion (MATH.md §6).
+encoding is no better than DDIM inversion (docs/math.md §9).
 
 * :class:`BELM` — O-BELM, the optimal two-step "bidirectional explicit linear multistep" scheme
   (Wang et al. 2024), of the family that contains BDIA and leapfrog. State: the neighbouring
@@ -111,7 +111,7 @@ class BELM(Solver):
     Stability: the parasitic root of the two-step recursion is −g, so |h| must not grow along the
     integration direction (g ≤ 1): true when decoding on every grid of :mod:`ddim_ode.grids`
     (steps in σ shrink towards σ = 0). Encoding runs the inverse, whose errors are undone exactly
-    by decoding; the encoded pair is not N(0, I)-like at small n (MATH.md §6).
+    by decoding; the encoded pair is not N(0, I)-like at small n (docs/math.md §9).
     """
 
     name = "belm"
