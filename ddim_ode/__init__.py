@@ -6,7 +6,9 @@ dx̄/dσ = ε_θ(x̄/√(1 + σ²), t(σ)); DDIM is its Euler discretisation. :f
 registered solver (:func:`list_solvers`).
 """
 
-from . import adjoint, analytic, grids, likelihood, solvers
+from typing import Any
+
+from . import adjoint, grids, likelihood, solvers
 from .adjoint import ContinuousAdjoint, DiscreteAdjoint
 from .core import Solution, from_xbar, solve, to_xbar
 from .field import PREDICTIONS, ProbabilityFlowODE, SigmaModel
@@ -18,6 +20,17 @@ from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
 from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, list_solvers, register
 
 __version__ = "0.1.0"
+
+#: submodules imported on first use (they pull in scipy), e.g. ``ddim_ode.analytic``
+_LAZY_SUBMODULES = ("analytic",)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "adjoint",
