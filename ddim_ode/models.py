@@ -94,6 +94,6 @@ def resolve_model(
         raise ValueError("schedule is required when a model is given, e.g. schedule=ddim_ode.DiscreteSchedule.linear()")
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a ddim_ode Schedule, got {type(schedule).__name__}")
-    if not callable(model) and not callable(getattr(model, "eps_xbar", None)):
+    if not callable(model) and not isinstance(model, SigmaModel):
         raise TypeError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
     return ResolvedModel(model, schedule, check_prediction(prediction if prediction is not None else "eps"))
