@@ -4,9 +4,11 @@ size and any interruption; resume refused when the arguments differ."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 import torch
 
 from ddim_ode import DiscreteSchedule, decode, encode
+from ddim_ode._files import TMP_MARK
 from ddim_ode.analytic import GaussianMixture
 from ddim_ode.distributed import (
     MANIFEST,
@@ -64,12 +67,14 @@ def _run(out: Path, **kw) -> np.ndarray:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def one_thread() -> Iterator[None]:
     """Bits on the CPU depend on the thread count; the spawned workers use one thread too."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +149,7 @@ def test_killed_run_resumes_to_the_uninterrupted_output(reference, tmp_path):
     done = sorted(p.name for p in out.glob("shard-*.npz"))
     assert done == ["shard-00000000-00000008.npz", "shard-00000008-00000016.npz"]  # killed inside the third
     assert not (out / "samples.npy").exists()
-    stale = out / ".shard-00000016-00000024.npz.x1y2.tmp.npz"  # what a kill during a write leaves
+    stale = out / f".shard-00000016-00000024.npz{TMP_MARK}x1y2z3.tmp.npz"  # what a kill during a write leaves
     stale.write_bytes(b"half")
     calls: list[tuple[int, int]] = []
     res = sample_to_dir(
@@ -272,3 +277,154 @@ def test_bad_arguments_name_the_problem(tmp_path):
     with pytest.raises(TypeError, match="num must be an int"):
         sample_to_dir(tmp_path, 4.0, **kw)  # type: ignore[arg-type]
     assert not any(tmp_path.iterdir())  # nothing written for bad arguments
+
+
+def _mlp_run(out: Path, num: int = 10, **kw) -> np.ndarray:
+    args = dict(model=MLP(), schedule=SCHEDULE, n=3, shard_size=4, shape=(6,), device="cpu") | kw
+    return np.load(sample_to_dir(out, num, **args).merged)
+
+
+def test_only_the_packages_own_leftovers_are_removed(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    foreign = {
+        ".notes.tmp": b"the user's notes",
+        "notes.txt": b"more notes",
+        ".samples.npy.x1y2.tmp.npy": b"a temporary name without the package's mark",
+        f".draft{TMP_MARK}abc123.tmp": b"the mark, but not a file a run writes",
+        "shard-4-8.npz": b"not a name the runs write",
+    }
+    for name, body in foreign.items():
+        (out / name).write_bytes(body)
+    (out / f".index.json{TMP_MARK}abc123.tmp.json").mkdir()  # a folder, even under one of our names
+    ref = _mlp_run(out)
+    own = [out / f".shard-00000004-00000008.npz{TMP_MARK}k9m8n7.tmp.npz", out / f".samples.npy{TMP_MARK}q1w2e3.tmp.npy"]
+    for path in own:
+        path.write_bytes(b"left by a killed writer")
+    assert np.array_equal(_mlp_run(out), ref)  # resume: every shard is kept, then the merge tidies up
+    assert not any(p.exists() for p in own)
+    own[0].write_bytes(b"again")
+    merge_dir(out)
+    assert not own[0].exists()
+    for name, body in foreign.items():
+        assert (out / name).read_bytes() == body, name
+    assert (out / f".index.json{TMP_MARK}abc123.tmp.json").is_dir()
+
+
+@pytest.fixture
+def no_hang():
+    """Turns a blocking call (e.g. opening a FIFO nobody writes) into a test failure after 30 s."""
+
+    def expire(signum, frame):
+        raise TimeoutError("blocked for 30 s")
+
+    before = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(30)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
+@pytest.mark.parametrize("what", ["FIFO", "folder"])
+def test_a_fifo_or_folder_under_a_shard_name_is_refused_not_opened(what, tmp_path, no_hang, capsys):
+    from ddim_ode.cli import main
+
+    _mlp_run(tmp_path)
+    shard = tmp_path / "shard-00000004-00000008.npz"
+    shard.unlink()
+    os.mkfifo(shard) if what == "FIFO" else shard.mkdir()
+    with pytest.raises(ResumeError, match=f"{shard} is a {what}, not a regular file") as err:
+        _mlp_run(tmp_path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=f"{shard} is a {what}"):
+        merge_dir(tmp_path)
+    assert main(["merge", str(tmp_path)]) == 2
+    msg = capsys.readouterr().err
+    assert msg.count("\n") == 1 and f"{shard} is a {what}" in msg
+    assert shard.is_fifo() if what == "FIFO" else shard.is_dir()  # left where it was
+
+
+def test_a_fifo_as_manifest_is_refused_not_opened(tmp_path, no_hang):
+    os.mkfifo(tmp_path / MANIFEST)
+    with pytest.raises(ResumeError, match="is a FIFO, not a regular file"):
+        _mlp_run(tmp_path)
+    with pytest.raises(ValueError, match="is a FIFO, not a regular file"):
+        merge_dir(tmp_path)
+    assert (tmp_path / MANIFEST).is_fifo()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"arguments.num": 1e12}, r"arguments\.num must be an int in \[1, 1000000000\], got 1000000000000\.0"),
+        ({"arguments.num": 10**12}, r"arguments\.num must be <= 1000000000"),
+        ({"arguments.num": "10"}, r"arguments\.num must be an int"),
+        ({"arguments.num": True}, r"arguments\.num must be an int"),
+        ({"arguments.shape": [0]}, r"arguments\.shape must be the shape of one sample"),
+        ({"arguments.shape": [6, 2**15, 2**15]}, r"arguments\.shape \(6, 32768, 32768\) has 6442450944 numbers"),
+        ({"arguments.shard_size": 0}, r"arguments\.shard_size must be >= 1"),
+        ({"arguments.shard_size": 1, "arguments.num": 10**9}, r"shard_size 1 cuts num=1000000000 into more than"),
+        ({"arguments.kind": "train"}, r"arguments\.kind must be one of 'sample', 'encode'"),
+        ({"arguments.dtype": "float16"}, r"arguments\.dtype must be one of 'float32', 'float64'"),
+        ({"arguments.seed": None}, r"arguments\.seed must be an int"),
+        ({"arguments.model": {"class": "x"}}, r"arguments\.model lacks the field 'sha256'"),
+        ({"arguments.extra": 1}, r"arguments has unknown field\(s\) 'extra'"),
+        ({"environment.threads": -1}, r"environment\.threads must be >= 1"),
+        ({"format_version": 2}, r"format_version must be 1"),
+        ({"run_id": "not hex"}, r"run_id must be 16 lowercase hex digits"),
+        ({"arguments.n": 4}, r"run_id does not match the arguments"),
+    ],
+)
+def test_a_damaged_manifest_is_refused_naming_the_field(edit, message, tmp_path):
+    _mlp_run(tmp_path)
+    path = tmp_path / MANIFEST
+    doc = json.loads(path.read_text())
+    for field, value in edit.items():
+        *parents, leaf = field.split(".")
+        node = doc
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ResumeError, match=message) as err:
+        merge_dir(tmp_path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    with pytest.raises(ResumeError, match=message):
+        _mlp_run(tmp_path)
+    path.write_text("{not json")
+    with pytest.raises(ResumeError, match="is not valid JSON"):
+        merge_dir(tmp_path)
+
+
+def test_num_and_shape_beyond_the_bounds_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="num must be <= 1000000000"):
+        _mlp_run(tmp_path, num=10**9 + 1)
+    with pytest.raises(ValueError, match="more than 1000000 shards"):
+        _mlp_run(tmp_path, num=10**9, shard_size=10)
+    with pytest.raises(ValueError, match="numbers per sample"):
+        _mlp_run(tmp_path, shape=(2**15, 2**14))
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif("belm" not in SOLVERS, reason="no reversible solver registered")
+def test_sharded_latents_decode_exactly_with_the_command_line(tmp_path):
+    from ddim_ode.cli import main
+    from ddim_ode.data import load_digits
+
+    images = load_digits("heldout")[:6]
+    encode_to_dir(images, tmp_path / "run", solver="belm", n=4, shard_size=4, device="cpu")
+    with np.load(tmp_path / "run" / "latents.npz") as z:
+        assert (str(z["solver"]), int(z["steps"]), str(z["grid"]), str(z["aux_type"])) == (
+            "belm",
+            4,
+            "uniform",
+            "BELMState",
+        )
+        assert np.array_equal(z["latents"], np.load(tmp_path / "run" / "latents.npy"))
+        assert np.array_equal(z["aux_xbar"], np.load(tmp_path / "run" / "aux_xbar.npy"))
+    argv = ["decode", "--input", str(tmp_path / "run" / "latents.npz"), "--solver", "belm", "-n", "4"]
+    assert main([*argv, "--device", "cpu", "-q", "--out", str(tmp_path / "decoded.png")]) == 0
+    decoded = np.load(tmp_path / "decoded.npz")["samples"]
+    assert np.abs(decoded - images.numpy()).max() < 1e-4  # the solver state came along: an exact inverse

@@ -1,0 +1,208 @@
+"""Everything a sharded run decides before it starts: checked arguments, the resolved model
+(evaluated on fixed blocks of rows), the solver call, and the arguments recorded in the manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..analytic import AnalyticModel, ScheduledOracle
+from ..core import Solution
+from ..field import EpsModel, SigmaModel
+from ..grids import GRIDS, make_grid
+from ..integrate import decode, encode
+from ..models import resolve_model
+from ..schedules import Schedule
+from ..solvers import Solver, get_solver
+from ..unet import UNet
+from .fingerprints import fingerprint, jsonable, sha256
+from .groups import DistInfo, dist_info, rank_device
+from .manifest import MAX_NUM, check_int, check_shape, check_shard_count
+from .noise import SOLVER_NOISE_RULE, solver_noise_seed
+
+__all__ = ["RunSettings", "RunPlan", "make_plan"]
+
+
+class _RowBlocks(torch.nn.Module):
+    """Evaluates an ε-model on consecutive blocks of ``rows`` rows, so the batch seen by the
+    network does not depend on how many shards are integrated together."""
+
+    def __init__(self, inner: Any, rows: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rows = rows
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        r = self.rows
+        return torch.cat([self.inner(x_t[i : i + r], t[i : i + r]) for i in range(0, x_t.shape[0], r)])
+
+
+class _SigmaRowBlocks(_RowBlocks):
+    """:class:`_RowBlocks` for an exact model evaluated in DDIM coordinates."""
+
+    def eps_xbar(self, xbar: Tensor, sigma: float) -> Tensor:
+        r = self.rows
+        return torch.cat([self.inner.eps_xbar(xbar[i : i + r], sigma) for i in range(0, xbar.shape[0], r)])
+
+
+def _event_shape(model: Any, metadata: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of one sample, when the model tells it (exact oracle, this package's UNet, a loaded model)."""
+    if isinstance(model, AnalyticModel):
+        return tuple(model.event_shape)
+    if isinstance(model, ScheduledOracle):
+        return tuple(model.oracle.event_shape)
+    if isinstance(model, UNet):
+        return (model.config.in_channels, model.config.resolution, model.config.resolution)
+    if metadata.get("sample_shape"):
+        from ..io import sample_shape
+
+        return sample_shape(metadata)
+    raise ValueError("cannot tell the shape of one sample from this model; pass shape=(C, H, W) (or the event shape)")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The model and solver arguments shared by :func:`~ddim_ode.distributed.sample_to_dir` and
+    :func:`~ddim_ode.distributed.encode_to_dir`, as they were passed (checked by :func:`make_plan`)."""
+
+    model: EpsModel | SigmaModel | str | Path | None
+    schedule: Schedule | None
+    solver: str | Solver
+    solver_options: dict[str, Any] | None
+    n: int
+    grid: str
+    prediction: str | None
+    shard_size: int
+    batch_size: int | None
+    dtype: torch.dtype
+    device: str | torch.device | None
+    check_finite: bool
+
+    @classmethod
+    def of(cls, arguments: Mapping[str, Any]) -> RunSettings:
+        """The settings among the arguments of a public entry point (its ``locals()`` on entry)."""
+        return cls(**{f.name: arguments[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A checked sharded run: how to integrate a block of shards and what the manifest records.
+
+    Attributes:
+        kind: ``"sample"`` (decode noise) or ``"encode"`` (encode data).
+        arguments: everything the numbers depend on (the manifest's ``arguments``).
+        shape: the shape of one sample.
+        shard_size: indices per shard and rows per network call.
+        group: shards integrated per solver call.
+        keeps_state: the solver is reversible; its final state is stored with the shards.
+        device, info: this rank's device and its place in the process group.
+        dtype: of the solver state and the files.
+        seed: the noise seed of a sampling run (``None`` for encoding).
+        stochastic: the solver draws fresh noise (seeded per shard from ``seed``).
+        solve_kwargs: the arguments of :func:`~ddim_ode.decode` / :func:`~ddim_ode.encode`.
+    """
+
+    kind: str
+    arguments: dict[str, Any]
+    shape: tuple[int, ...]
+    shard_size: int
+    group: int
+    keeps_state: bool
+    device: torch.device
+    info: DistInfo
+    dtype: torch.dtype
+    seed: int | None
+    stochastic: bool
+    solve_kwargs: dict[str, Any]
+
+    def solve(self, x: Tensor, start: int) -> Solution:
+        """Integrate the rows ``x`` of the shards that begin at index ``start``."""
+        options = dict(self.solve_kwargs["solver_options"])
+        if self.stochastic and self.seed is not None:
+            options["generator"] = torch.Generator(self.device).manual_seed(solver_noise_seed(self.seed, start))
+        integrate = decode if self.kind == "sample" else encode
+        return integrate(x, **(self.solve_kwargs | {"solver_options": options}), return_solution=True)  # type: ignore[no-any-return]
+
+
+def make_plan(
+    kind: str,
+    settings: RunSettings,
+    *,
+    num: int,
+    shape: Sequence[int] | None,
+    seed: int | None,
+    identity: dict[str, Any],
+) -> RunPlan:
+    """Check the arguments of a run of ``num`` indices, resolve its model and solver.
+
+    ``identity`` holds what identifies the inputs (the noise rule and ``seed`` for sampling, the
+    data's hash for encoding); ``shape=None`` asks the model for the shape of one sample.
+    """
+    solver, solver_options, n, grid = settings.solver, settings.solver_options, settings.n, settings.grid
+    dtype, batch_size = settings.dtype, settings.batch_size
+    info = dist_info()
+    num = check_int("num", num, high=MAX_NUM)
+    shard_size = check_int("shard_size", settings.shard_size, high=MAX_NUM)
+    check_shard_count(num, shard_size)
+    if batch_size is not None:
+        batch_size = check_int("batch_size", batch_size)
+    n = check_int("n", n)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype (of the solver state and files) must be torch.float32 or torch.float64, got {dtype!r}")
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; allowed: {', '.join(GRIDS)}")
+    if solver_options is not None and not isinstance(solver_options, dict):
+        raise TypeError(f"solver_options must be a dict of constructor options, got {type(solver_options).__name__}")
+    slv = get_solver(solver, **(solver_options or {}))  # fails early on a bad name or options
+    if slv.stochastic and (not isinstance(solver, str) or "generator" in (solver_options or {})):
+        raise ValueError(
+            f"solver {slv.name!r} draws fresh noise: give it by name and without a `generator` option, so that "
+            "its noise can be seeded per shard from `seed` (which keeps every sample independent of the ranks)"
+        )
+    if kind == "encode" and not slv.can_encode:
+        raise ValueError(f"solver {slv.name!r} cannot encode: {slv.why_no_encode}")
+    dev = rank_device(settings.device, info)
+    resolved = resolve_model(settings.model, settings.schedule, settings.prediction, dev)
+    net = resolved.model.to(dev) if isinstance(resolved.model, torch.nn.Module) else resolved.model
+    shp = check_shape("shape", list(shape) if shape is not None else list(_event_shape(net, resolved.metadata)))
+    sig = make_grid(resolved.schedule, grid, n)
+    arguments = identity | {
+        "kind": kind,
+        "num": num,
+        "shape": list(shp),
+        "dtype": str(dtype).replace("torch.", ""),
+        "shard_size": shard_size,
+        "solver": solver if isinstance(solver, str) else f"{slv.name} {slv!r}",
+        "solver_options": jsonable(solver_options or {}),
+        "n": n,
+        "grid": grid,
+        "sigmas_sha256": sha256(sig.to(torch.float64).numpy().tobytes()),
+        "prediction": resolved.prediction,
+        "model": fingerprint(net),
+        "schedule": fingerprint(resolved.schedule),
+    }
+    if slv.stochastic and seed is not None:
+        arguments["solver_noise"] = SOLVER_NOISE_RULE
+    blocks = _SigmaRowBlocks(net, shard_size) if isinstance(net, SigmaModel) else _RowBlocks(net, shard_size)
+    solve_kwargs = {
+        "solver": solver,
+        "n": n,
+        "model": blocks,
+        "schedule": resolved.schedule,
+        "grid": grid,
+        "prediction": resolved.prediction,
+        "solver_options": dict(solver_options or {}),
+        "check_finite": settings.check_finite,
+    }
+    # the network always sees one shard; adaptive step control and fresh noise couple the rows of a
+    # solver call, so those solvers integrate one shard per call
+    group = 1 if (slv.stochastic or slv.adaptive) else max(1, (batch_size or shard_size) // shard_size)
+    return RunPlan(
+        kind, arguments, shp, shard_size, group, slv.reversible, dev, info, dtype, seed, slv.stochastic, solve_kwargs
+    )
