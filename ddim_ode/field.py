@@ -270,7 +270,7 @@ class ProbabilityFlowODE:
         return float(self.schedule.scale(sc)), float(self.schedule.noise_scale(sc))
 
     def _remember(self, sigma: float, t: float, c_in: float, a: float, s: float) -> tuple[float, float, float, float]:
-        """Store (t, a(σ), p, q) for σ; the table is emptied past 65536 entries (adaptive solvers
+        """Store (t, c_in = a(σ), p, q) for σ; the table is emptied past 65536 entries (adaptive solvers
         visit ever new σ)."""
         if len(self._coef_of) >= 65536:
             self._coef_of.clear()

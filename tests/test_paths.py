@@ -257,7 +257,7 @@ def test_flow_grid_and_euler_equal_diffusers_flow_match_euler(config):
     assert field.nfe == n
     seen = torch.stack([t[0] for t in net.timesteps]).double()
     assert float((seen - ref.timesteps.double()).abs().max()) < 2e-4
-    assert float((got - want).abs().max()) < 2e-5, float((got - want).abs().max())  # float32 rounding
+    assert float((got - want).abs().max()) < 5e-6, float((got - want).abs().max())  # float32 rounding (6e-7 seen)
 
 
 # --------------------------------------------------------------------------------------------- VE / EDM
@@ -353,7 +353,7 @@ def test_ve_denoiser_matches_edm_and_dpm_solver_loops(solver, reference):
         return denoiser(x, torch.full((x.shape[0],), s, dtype=torch.float64))
 
     want = reference(d_of, x_T, sig.tolist())
-    assert float((got - want).abs().max()) < 1e-12, float((got - want).abs().max())
+    assert float((got - want).abs().max()) < 1e-13, float((got - want).abs().max())  # 4e-15 seen
 
 
 # --------------------------------------------------------------------------------------------- orders on a flow path
