@@ -13,10 +13,13 @@ division by σ and so is defined at σ = 0 when every ``v_k > 0``.
 * :class:`GaussianMixture` — any weights, means and isotropic or diagonal variances.
 * :class:`EmpiricalDistribution` — a finite data set (variances 0): the memorising denoiser.
 
+Everything here lives in DDIM coordinates (x̄, σ̄), which every Gaussian path x_t = a x0 + s ε shares
+(x̄ = x_t/a, σ̄ = s/a; see :mod:`ddim_ode.schedules`), so one oracle serves VP, VE and flow paths.
 Each is a :class:`~ddim_ode.field.SigmaModel` (``eps_xbar(xbar, sigma)``), so ``integrate`` and
-friends evaluate it at the exact σ; :meth:`AnalyticModel.as_eps_model` turns it into an ordinary
-ε-model ``eps(x_t, t)`` for any schedule. :func:`reference_solve` is a float64 DOP853 solve
-(scipy, rtol 1e-10) for problems without a closed form.
+friends evaluate it at the exact σ; :meth:`AnalyticModel.as_model` turns it into an ordinary
+network ``model(x_t, t)`` on any schedule's path that outputs any prediction (``eps``, ``x0``,
+``v``, ``flow``), which checks the field's conversions exactly. :func:`reference_solve` is a
+float64 DOP853 solve (scipy, rtol 1e-10) for problems without a closed form.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
+from .field import PREDICTIONS, Prediction
 from .schedules import Schedule
 
 __all__ = [
@@ -85,6 +89,11 @@ class AnalyticModel:
     @property
     def dim(self) -> int:
         return int(self.means.shape[1])
+
+    @property
+    def mean(self) -> Tensor:
+        """E[x0] = Σ_k w_k μ_k, shape ``event_shape`` (the denoiser's limit at σ = ∞)."""
+        return (self.weights @ self.means).reshape(self.event_shape)
 
     # -- the exact field ---------------------------------------------------------------------
 
@@ -153,8 +162,12 @@ class AnalyticModel:
         x = self.means[k] + z * self.variances[k].sqrt()
         return x.reshape(num, *self.event_shape).to(dtype)
 
+    def as_model(self, schedule: Schedule, prediction: Prediction = "eps") -> ScheduledOracle:
+        """This oracle as a network ``model(x_t, t)`` on ``schedule``'s path predicting ``prediction``."""
+        return ScheduledOracle(self, schedule, prediction)
+
     def as_eps_model(self, schedule: Schedule) -> ScheduledOracle:
-        """This oracle as an ordinary ε-model ``eps(x_t, t)`` in VP scale for ``schedule``."""
+        """This oracle as an ordinary ε-model ``eps(x_t, t)`` at the model scale of ``schedule``."""
         return ScheduledOracle(self, schedule)
 
 
@@ -230,17 +243,46 @@ class EmpiricalDistribution(AnalyticModel):
 
 
 class ScheduledOracle(torch.nn.Module):
-    """An exact oracle as an ordinary ε-model ``eps(x_t, t)`` (VP-scale input, timesteps of ``schedule``)."""
+    """An exact oracle as a network ``model(x_t, t)`` on the path of ``schedule``.
 
-    def __init__(self, oracle: AnalyticModel, schedule: Schedule) -> None:
+    The input is at the model's scale, x_t = a(σ) x̄ with σ = σ(t); the output is the exact
+    ``prediction`` at (x_t, t), from ε̂ = ``eps_xbar(x̄, σ)`` and x̂0 = x̄ − σ ε̂:
+    ``eps`` ε̂, ``x0`` x̂0, ``v`` a ε̂ − s x̂0, ``flow`` ε̂ − x̂0 (rectified flow only). At σ = ∞
+    (a = 0, pure noise) it returns the exact limit ε̂ = x_t/s, x̂0 = E[x0].
+    """
+
+    def __init__(self, oracle: AnalyticModel, schedule: Schedule, prediction: Prediction = "eps") -> None:
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction type {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+        if prediction == "flow" and not schedule.rectified_flow:
+            raise ValueError(f"prediction 'flow' is defined on a FlowSchedule only, not on {schedule!r}")
         self.oracle = oracle
         self.schedule = schedule
+        self.prediction: Prediction = prediction
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        shape = (-1,) + (1,) * (x_t.ndim - 1)
         sigma = self.schedule.sigma(t.to(torch.float64)).to(x_t.device)
-        scale = torch.sqrt(1.0 + sigma * sigma).reshape(-1, *([1] * (x_t.ndim - 1)))
-        return self.oracle.eps_xbar(x_t.to(torch.float64) * scale, sigma).to(x_t.dtype)
+        a = self.schedule.scale(sigma).reshape(shape)
+        s = self.schedule.noise_scale(sigma).reshape(shape)
+        x = x_t.to(torch.float64)
+        noise = a == 0  # σ = ∞: the posterior is the prior
+        finite = torch.where(torch.isinf(sigma), torch.ones_like(sigma), sigma)
+        xbar = torch.where(noise, x, x / torch.where(noise, torch.ones_like(a), a))
+        eps = self.oracle.eps_xbar(xbar, finite)
+        x0 = xbar - finite.reshape(shape) * eps
+        eps = torch.where(noise, x / s, eps)
+        x0 = torch.where(noise, self.oracle.mean.to(x.device).expand_as(x0), x0)
+        if self.prediction == "eps":
+            out = eps
+        elif self.prediction == "x0":
+            out = x0
+        elif self.prediction == "v":
+            out = a * eps - s * x0
+        else:
+            out = eps - x0
+        return out.to(x_t.dtype)
 
 
 def reference_solve(

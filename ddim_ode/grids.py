@@ -12,14 +12,25 @@ Grids:
   full range this is exactly the official DDIM grid: timesteps ``range(0, T, T // n)`` visited
   from the largest down (so it starts at ``T − T//n``); when ``n`` does not divide ``T`` that
   range has more than ``n`` entries, and the sampler takes that many steps, as the official one
-  does (e.g. T = 1000, n = 30 gives 31 steps).
+  does (e.g. T = 1000, n = 30 gives 31 steps). For a :class:`~ddim_ode.schedules.FlowSchedule`
+  it is uniform in the unshifted time and, over the default range, exactly the σ̄ of diffusers'
+  ``FlowMatchEulerDiscreteScheduler.set_timesteps(n)`` (σ̄ = τ/(1 − τ) of its ``sigmas``): it
+  starts at σ̄ = ∞ (τ = 1, pure noise), so Euler along it is that scheduler's loop (the first
+  step from σ̄ = ∞ needs the model-scale evaluation
+  :meth:`~ddim_ode.field.ProbabilityFlowODE.evaluate_x`).
 * ``"quad"`` — quadratic in t. Discrete, full range: the official ``(linspace(0, √(0.8 T), n))²``
   truncated to integers (``int()``, as the official code does; repeated timesteps, which occur
   only for n close to T, are dropped, which changes nothing but the NFE). Otherwise
-  ``t = t_lo + (t_hi − t_lo)(k/K)²``.
+  ``u = u_lo + (u_hi − u_lo)(k/K)²`` in the schedule's grid time (t itself except for a flow's shift).
 * ``"logsnr"`` — uniform in log σ (= uniform in log-SNR; k-diffusion's "exponential").
-* ``"karras"`` — σ^(1/ρ) uniform, ρ = 7 (Karras et al. 2022, eq. 5).
+* ``"karras"`` — σ^(1/ρ) uniform, ρ = 7 (Karras et al. 2022, eq. 5). On a
+  :class:`~ddim_ode.schedules.VESchedule` over its full range this is EDM's (and k-diffusion's
+  ``get_sigmas_karras``) grid.
 
+"uniform" and "quad" are spaced in the schedule's grid time
+(:meth:`~ddim_ode.schedules.Schedule.grid_time`, t itself except for a flow's shift) between
+:attr:`~ddim_ode.schedules.Schedule.grid_span` by default; "logsnr" and "karras" space σ between
+``sigma_max`` and ``sigma_min`` and need both finite (for a flow, pass ``t_hi`` below ``t_max``).
 On a discrete schedule "uniform" and "quad" round timesteps to integers (the network was trained
 on those); "logsnr" and "karras" use fractional timesteps.
 """
@@ -46,9 +57,28 @@ def _assemble(schedule: Schedule, values: np.ndarray, is_t: bool, to_zero: bool)
 
 
 def _range(schedule: Schedule, t_hi: float | None, t_lo: float | None) -> tuple[float, float, bool]:
-    hi = schedule.t_max if t_hi is None else float(t_hi)
-    lo = schedule.t_min if t_lo is None else float(t_lo)
+    """(top, bottom) in the schedule's grid time, and whether a trailing σ = 0 follows."""
+    span_hi, span_lo = schedule.grid_span if t_hi is None or t_lo is None else (0.0, 0.0)
+    hi = span_hi if t_hi is None else float(schedule.grid_time(torch.tensor(float(t_hi), dtype=torch.float64)))
+    lo = span_lo if t_lo is None else float(schedule.grid_time(torch.tensor(float(t_lo), dtype=torch.float64)))
     return hi, lo, t_lo is None
+
+
+def _timesteps(schedule: Schedule, u: np.ndarray) -> np.ndarray:
+    """Timesteps t of grid times u (the same array when grid time is t)."""
+    return np.asarray(schedule.from_grid_time(torch.from_numpy(np.asarray(u, dtype=np.float64))), dtype=np.float64)
+
+
+def _sigma_range(schedule: Schedule, name: str, t_hi: float | None, t_lo: float | None) -> tuple[float, float, bool]:
+    """(σ top, σ bottom, trailing 0) of a grid spaced in σ; the top must be finite."""
+    s_hi = schedule.sigma_max if t_hi is None else float(schedule.sigma(float(t_hi)))
+    s_lo = schedule.sigma_min if t_lo is None else float(schedule.sigma(float(t_lo)))
+    if not np.isfinite(s_hi):
+        raise ValueError(
+            f"the {name!r} grid spaces sigma between finite ends, but {schedule!r} starts at sigma = inf; "
+            f"give a top t_hi below t_max = {schedule.t_max:g}, or use the 'uniform' grid"
+        )
+    return s_hi, s_lo, t_lo is None
 
 
 def _count(n: int, to_zero: bool) -> int:
@@ -61,7 +91,8 @@ def _int_unique_desc(t: np.ndarray) -> np.ndarray:
 
 
 def uniform_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:
-    """Uniform in t; on a full-range discrete schedule the official DDIM ``range(0, T, T//n)``."""
+    """Uniform in grid time; on a full-range discrete schedule the official DDIM ``range(0, T, T//n)``,
+    on a full-range flow schedule diffusers' ``FlowMatchEulerDiscreteScheduler`` grid."""
     if schedule.is_discrete and t_hi is None and t_lo is None:
         big_t = int(round(schedule.t_max)) + 1
         if n > big_t:
@@ -72,7 +103,7 @@ def uniform_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: fl
         return _assemble(schedule, ts, True, True)
     hi, lo, to_zero = _range(schedule, t_hi, t_lo)
     m = _count(n, to_zero)
-    ts = np.linspace(hi, lo, m) if m > 1 else np.array([hi])
+    ts = _timesteps(schedule, np.linspace(hi, lo, m) if m > 1 else np.array([hi]))
     if schedule.is_discrete:
         ts = _int_unique_desc(np.round(ts))
     return _assemble(schedule, ts, True, to_zero)
@@ -87,7 +118,7 @@ def quad_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float
     hi, lo, to_zero = _range(schedule, t_hi, t_lo)
     m = _count(n, to_zero)
     u = np.linspace(1.0, 0.0, m) if m > 1 else np.array([1.0])
-    ts = lo + (hi - lo) * u**2
+    ts = _timesteps(schedule, lo + (hi - lo) * u**2)
     if schedule.is_discrete:
         ts = _int_unique_desc(np.round(ts))
     return _assemble(schedule, ts, True, to_zero)
@@ -95,9 +126,8 @@ def quad_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float
 
 def logsnr_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:
     """Uniform in log σ (equivalently in log-SNR = −2 log σ)."""
-    hi, lo, to_zero = _range(schedule, t_hi, t_lo)
+    s_hi, s_lo, to_zero = _sigma_range(schedule, "logsnr", t_hi, t_lo)
     m = _count(n, to_zero)
-    s_hi, s_lo = float(schedule.sigma(hi)), float(schedule.sigma(lo))
     sig = np.exp(np.linspace(np.log(s_hi), np.log(s_lo), m)) if m > 1 else np.array([s_hi])
     return _assemble(schedule, sig, False, to_zero)
 
@@ -106,9 +136,8 @@ def karras_grid(
     schedule: Schedule, n: int, t_hi: float | None = None, t_lo: float | None = None, rho: float = 7.0
 ) -> Tensor:
     """σ_i = (σ_hi^(1/ρ) + i/(m−1) (σ_lo^(1/ρ) − σ_hi^(1/ρ)))^ρ (Karras et al. 2022, eq. 5)."""
-    hi, lo, to_zero = _range(schedule, t_hi, t_lo)
+    s_hi, s_lo, to_zero = _sigma_range(schedule, "karras", t_hi, t_lo)
     m = _count(n, to_zero)
-    s_hi, s_lo = float(schedule.sigma(hi)), float(schedule.sigma(lo))
     ramp = np.linspace(0.0, 1.0, m) if m > 1 else np.array([0.0])
     sig = (s_hi ** (1 / rho) + ramp * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
     return _assemble(schedule, sig, False, to_zero)
@@ -124,7 +153,11 @@ GRIDS: dict[str, GridFn] = {
 
 
 def make_grid(schedule: Schedule, grid: str, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:
-    """The decoding σ grid (float64, strictly decreasing) named ``grid`` with ``n`` steps."""
+    """The decoding σ grid (float64, strictly decreasing) named ``grid`` with ``n`` steps.
+
+    The first value is ``inf`` when the grid starts at pure noise of a path whose ``sigma_max``
+    is infinite (a :class:`~ddim_ode.schedules.FlowSchedule`'s "uniform" and "quad" grids).
+    """
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; allowed: {', '.join(GRIDS)}")
     sig = GRIDS[grid](schedule, n, t_hi, t_lo)
