@@ -82,13 +82,20 @@ def _check_timesteps(ts: Tensor, schedule: Schedule) -> None:
 
 
 def check_grid(sig: Tensor, schedule: Schedule, what: str) -> Tensor:
-    """A σ grid: at least 2 finite values ≥ 0, strictly monotone, within the schedule's σ range."""
+    """A σ grid: at least 2 values ≥ 0, strictly monotone, within the schedule's σ range.
+
+    σ = ∞ (pure noise) is allowed as the first or last value on a schedule that reaches it (a
+    flow path); every other value is finite.
+    """
     sig = sig.to(torch.float64).cpu().reshape(-1)
     if sig.numel() < 2:
         raise ValueError(f"{what} must hold at least 2 values (start and end), got {sig.numel()}")
     v = sig.numpy()  # host checks in numpy: a handful of microseconds per call
-    if not np.isfinite(v).all() or (v < 0).any():
-        raise ValueError(f"{what} must be finite and >= 0")
+    inner = v[1:-1]
+    ends_ok = np.isfinite(v[[0, -1]]) | (np.isposinf(v[[0, -1]]) & np.isinf(schedule.sigma_max))
+    if not np.isfinite(inner).all() or not ends_ok.all() or (v < 0).any():
+        where = " (sigma = inf only as the first or last value, on a schedule that reaches it)"
+        raise ValueError(f"{what} must be finite and >= 0{where}")
     d = np.diff(v)
     if not ((d < 0).all() or (d > 0).all()):
         raise ValueError(f"{what} must be strictly monotone (decreasing to decode, increasing to encode)")

@@ -10,6 +10,7 @@ is chosen; one private :class:`_Request` carries their arguments to :func:`_driv
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -51,6 +52,9 @@ class _Request:
     params: Any
     checkpoints: int
     batch_size: int | None
+    model_kwargs: dict[str, Any] | None
+    guidance_scale: float | None
+    uncond_kwargs: dict[str, Any] | None
     t_start: float | None = None
     t_end: float | None = None
 
@@ -87,6 +91,40 @@ def _grid(req: _Request, schedule: Schedule, direction: Direction) -> Tensor:
     return sig.flip(0) if direction == "encode" else sig
 
 
+def _solve_span(field: ProbabilityFlowODE, x: Tensor, sig: Tensor, slv: Solver, state: Any, **kw: Any) -> Solution:
+    """:func:`~ddim_ode.core.solve` from ``x`` (model scale at ``sig[0]``) along ``sig``.
+
+    An endpoint at σ = ∞ (pure noise on a flow path, where x̄ is infinite) is taken by the exact
+    limit of the DDIM step: from σ = ∞ down to σ₁, x̄₁ = x̂0 + σ₁ ε̂ with (ε̂, x̂0) evaluated on the
+    noise itself; from σ_n up to σ = ∞, the end is pure noise x = ε̂(x̄_n, σ_n). Either costs one NFE.
+    """
+    head, tail = math.isinf(float(sig[0])), math.isinf(float(sig[-1]))
+    if not (head or tail):
+        return solve(field, to_xbar(x, float(sig[0]), field.schedule), sig, slv, state=state, **kw)
+    if slv.reversible:
+        raise ValueError(
+            f"solver {slv.name!r} inverts exactly only between finite noise levels; the grid reaches sigma = inf "
+            "(pure noise): start it below the top (e.g. sigmas=grid[1:] or t_start < t_max)"
+        )
+    if head:
+        nfe0 = field.nfe
+        eps, x0 = field.evaluate_x(x, math.inf)
+        sol = solve(field, torch.add(x0, eps, alpha=float(sig[1])), sig[1:], slv, state=state, **kw)
+        sol.sigmas, sol.nfe = sig, field.nfe - nfe0
+        return sol
+    sol = solve(field, to_xbar(x, float(sig[0]), field.schedule), sig[:-1], slv, state=state, **kw)
+    noise = field(sol.xbar, float(sig[-2]))
+    return Solution(
+        x=noise,
+        xbar=torch.full_like(noise, math.inf),
+        sigmas=sig,
+        nfe=sol.nfe + 1,
+        trajectory=sol.trajectory,
+        state=sol.state,
+        solver=slv,
+    )
+
+
 def _solve_chunks(
     req: _Request, field: ProbabilityFlowODE, sig: Tensor, slv: Solver, adjoint: Adjoint | None, state: Any
 ) -> Solution:
@@ -95,11 +133,11 @@ def _solve_chunks(
     size = check_batch_size(req.batch_size)
     kw = dict(trajectory=req.trajectory, check_finite=req.check_finite, adjoint=adjoint)
     if size is None or x.shape[0] <= size:
-        return solve(field, to_xbar(x, float(sig[0]), field.schedule), sig, slv, state=state, **kw)  # type: ignore[arg-type]
+        return _solve_span(field, x, sig, slv, state, **kw)
     if state is not None or slv.reversible:
         raise ValueError("batch_size cannot split a solver state (reversible solvers): pass smaller batches")
     parts = [
-        solve(field, to_xbar(x[i : i + size], float(sig[0]), field.schedule), sig, slv, **kw)  # type: ignore[arg-type]
+        _solve_span(field.select(slice(i, i + size)), x[i : i + size], sig, slv, None, **kw)
         for i in range(0, x.shape[0], size)
     ]
     return Solution(
@@ -122,7 +160,15 @@ def _drive(req: _Request, direction: Direction, x_name: str) -> Tensor | Solutio
     state = req.state if req.state is not None else latent_state(req.x)
     if state is not None and not slv.reversible:
         raise ValueError(f"solver {slv.name!r} carries no state between calls; `state` applies to reversible solvers")
-    field = ProbabilityFlowODE(resolved.model, resolved.schedule, prediction=resolved.prediction)
+    field = ProbabilityFlowODE(
+        resolved.model,
+        resolved.schedule,
+        prediction=resolved.prediction,
+        model_kwargs=req.model_kwargs,
+        guidance_scale=req.guidance_scale,
+        uncond_kwargs=req.uncond_kwargs,
+        batch_size=req.x.shape[0],
+    )
     sol = _solve_chunks(req, field, sig, slv, _adjoint_strategy(req, slv), state)
     return sol if req.return_solution else sol.x
 
@@ -149,6 +195,9 @@ def integrate(
     params: Any = None,
     checkpoints: int = 0,
     batch_size: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: dict[str, Any] | None = None,
 ) -> Tensor | Solution:
     """Integrate the probability-flow ODE from ``t_start`` to ``t_end``; the model's scale in and out.
 
@@ -169,8 +218,8 @@ def integrate(
         sigmas: an explicit σ grid, used as given (first value is the start); overrides the above.
         timesteps: an explicit list of timesteps in the schedule's range, converted to σ and used
             as given.
-        prediction: what the model predicts: ``"eps"``, ``"x0"`` or ``"v"``; default the loaded
-            model's own, else ``"eps"``.
+        prediction: what the model predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"flow"``; default
+            the loaded model's own, else ``"eps"``.
         solver_options: keyword arguments for the solver's constructor.
         return_solution: return a :class:`~ddim_ode.core.Solution` (with ``nfe``, ``sigmas``, …)
             instead of a tensor.
@@ -185,7 +234,16 @@ def integrate(
             model's parameters with ``requires_grad``).
         checkpoints: with ``adjoint=True``, states kept in the forward pass (0: constant memory).
         batch_size: integrate at most this many samples at a time (bounds memory; the result is
-            concatenated and ``Solution.nfe`` counts every network call).
+            concatenated and ``Solution.nfe`` counts every network call); the result does not
+            depend on it.
+        model_kwargs: keyword arguments of every network call, ``model(x_t, t, **model_kwargs)``
+            (class labels, text embeddings); tensors whose first dimension is the batch are
+            per-sample and follow ``batch_size`` chunks.
+        guidance_scale: classifier-free guidance weight w: the field evaluates
+            out_u + w (out_c − out_u) in the model's own output space, with out_u from
+            ``uncond_kwargs`` (or the model's ``null_kwargs``); one NFE per guided evaluation
+            (see :class:`~ddim_ode.field.ProbabilityFlowODE`).
+        uncond_kwargs: keyword arguments of the unconditional call under guidance.
 
     Returns:
         The state at ``t_end`` in the model's scale, shaped like ``x`` (or a Solution).
@@ -213,6 +271,9 @@ def decode(
     params: Any = None,
     checkpoints: int = 0,
     batch_size: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: dict[str, Any] | None = None,
 ) -> Tensor | Solution:
     """Noise → data: integrate from the top of the grid down to σ = 0 (sampling).
 
@@ -246,6 +307,9 @@ def encode(
     params: Any = None,
     checkpoints: int = 0,
     batch_size: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: dict[str, Any] | None = None,
 ) -> Tensor | Solution:
     """Data → noise (inversion): the decoding grid of :func:`decode`, run upwards from σ = 0.
 

@@ -363,6 +363,9 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     prediction: Prediction | None = None,
     batch_size: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: dict[str, Any] | None = None,
 ) -> LikelihoodResult:
     """log p(x0) of the model's probability-flow ODE, per sample, in nats and bits/dim.
 
@@ -398,6 +401,9 @@ def log_likelihood(
         prediction: what ``model`` predicts (``"eps"``, ``"x0"``, ``"v"``); default the loaded
             model's own, else ``"eps"``.
         batch_size: evaluate in chunks of this many samples (each chunk is one ODE solve).
+        model_kwargs, guidance_scale, uncond_kwargs: the conditioning of every network call and
+            classifier-free guidance, as in :func:`~ddim_ode.integrate`; the likelihood is then
+            that of the conditional (or guided) probability-flow ODE.
 
     Returns:
         A :class:`LikelihoodResult` (``log_prob``, ``bits_per_dim``, standard errors, NFE, …).
@@ -432,9 +438,18 @@ def log_likelihood(
         method, float(rtol), float(atol), opts, divergence, probes, probe_dist, s_lo, s_hi, prior, dequantize, bin_width
     )
 
-    field = ProbabilityFlowODE(resolved.model, resolved.schedule, prediction=resolved.prediction)
+    field = ProbabilityFlowODE(
+        resolved.model,
+        resolved.schedule,
+        prediction=resolved.prediction,
+        model_kwargs=model_kwargs,
+        guidance_scale=guidance_scale,
+        uncond_kwargs=uncond_kwargs,
+        batch_size=x0.shape[0],
+    )
     x = _dequantized(x0, settings, generator)
     size = x.shape[0] if bs is None else bs
-    parts = [_solve_chunk(field, x[i : i + size], settings, generator) for i in range(0, x.shape[0], size)]
+    chunks = [slice(i, i + size) for i in range(0, x.shape[0], size)]
+    parts = [_solve_chunk(field.select(c) if len(chunks) > 1 else field, x[c], settings, generator) for c in chunks]
     x_top, ell, log_prior = (torch.cat([p[k] for p in parts]) for k in range(3))
     return _result(x_top, ell, log_prior, x[0].numel(), field.nfe, settings)
