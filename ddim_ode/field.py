@@ -341,7 +341,7 @@ class ProbabilityFlowODE:
         net = self._net if self._net is not None else self._bind(x_t.shape[0])
         if not self._checked:
             self._check_device(like)
-            out = self._check(net(x_in, t_vec), like)
+            out = self._check(self._first_call(net, x_in, t_vec), like)
         else:
             out = net(x_in, t_vec)
             if out.shape != like.shape:
@@ -349,6 +349,23 @@ class ProbabilityFlowODE:
         if out.dtype != like.dtype:
             out = out.to(like.dtype)
         return out
+
+    def _first_call(self, net: Callable[[Tensor, Tensor], Tensor], x_in: Tensor, t_vec: Tensor) -> Tensor:
+        """The first network call; a failure with a keyword tensor whose first dimension is neither
+        the batch nor 1 is reported as the batch mismatch it most likely is."""
+        try:
+            return net(x_in, t_vec)
+        except (RuntimeError, ValueError, IndexError) as err:
+            batch = x_in.shape[0]
+            for where, kwargs in (("model_kwargs", self.model_kwargs), ("uncond_kwargs", self.uncond_kwargs or {})):
+                for key, value in kwargs.items():
+                    if isinstance(value, Tensor) and value.ndim >= 1 and value.shape[0] not in (batch, 1):
+                        raise ValueError(
+                            f"the model failed on {where}[{key!r}], whose first dimension is {value.shape[0]} for a "
+                            f"batch of {batch}; per-sample tensors must have the batch as first dimension "
+                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                        ) from err
+            raise
 
     def denoise(self, xbar: Tensor, sigma: float) -> Tensor:
         """The denoiser D(x̄, σ) = x̄ − σ ε(x̄, σ): the model's estimate of x0 (one NFE)."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
+import ddim_ode
 from ddim_ode import solve
 from ddim_ode.analytic import Gaussian
 from ddim_ode.field import PREDICTIONS, ProbabilityFlowODE
@@ -217,10 +218,20 @@ class VelocityNet(torch.nn.Module):
 
 
 def _flow_decode(field: ProbabilityFlowODE, noise: Tensor, sig: Tensor, solver: str = "euler") -> Tensor:
-    """Decode from pure noise at σ̄ = ∞: the exact first DDIM step x̄₁ = x̂0 + σ̄₁ ε̂, then the solver."""
-    eps, x0 = field.evaluate_x(noise, math.inf)
-    xbar = x0 + float(sig[1]) * eps
-    return solve(field, xbar, sig[1:], solver).xbar
+    """``ddim_ode.decode`` from pure noise at σ̄ = ∞ along ``sig`` (the driver takes the first DDIM
+    step x̄₁ = x̂0 + σ̄₁ ε̂ by its exact limit, then the solver); the field's counters see every call."""
+    sol = ddim_ode.decode(
+        noise,
+        solver,
+        model=field.model,
+        schedule=field.schedule,
+        prediction=field.prediction,
+        sigmas=sig,
+        return_solution=True,
+    )
+    field.nfe += sol.nfe
+    assert torch.equal(sol.sigmas, sig)
+    return sol.x
 
 
 @pytest.mark.parametrize(
