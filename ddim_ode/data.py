@@ -18,6 +18,7 @@ scale of DDPM (Ho et al. 2020).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,23 +76,29 @@ def _digits(split: str) -> tuple[Tensor, Tensor]:
     return images[sl].contiguous(), labels[sl].contiguous()
 
 
+def _check_scaled(x: Tensor, source: str) -> Tensor:
+    """``x`` if it holds at least one image and every value is finite and in [−1, 1]; else ``ValueError``."""
+    if x.ndim != 4 or x.shape[0] < 1 or 0 in x.shape:
+        raise ValueError(f"{source}: images must have shape (N, C, H, W) with every size >= 1, got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{source}: the images contain NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.0 or hi > 1.0:
+        raise ValueError(
+            f"{source}: images given as floating-point values must already be scaled to [-1, 1], "
+            f"found values in [{lo:.4g}, {hi:.4g}]; "
+            "store uint8 (scaled as x/255*2-1) or rescale them"
+        )
+    return x
+
+
 def _scale_integer(arr: np.ndarray, source: str) -> Tensor:
     if arr.dtype == np.uint8:
         return torch.from_numpy(arr.astype(np.float32) / 255.0 * 2.0 - 1.0)
     if arr.dtype == np.uint16:
         return torch.from_numpy(arr.astype(np.float32) / 65535.0 * 2.0 - 1.0)
     if np.issubdtype(arr.dtype, np.floating):
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{source}: the images contain NaN or infinite values")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -1.0 or hi > 1.0:
-            raise ValueError(
-                f"{source}: floating-point images must already be scaled to [-1, 1], "
-                f"found values in [{lo:.4g}, {hi:.4g}]; "
-                "store uint8 (scaled as x/255*2-1) or rescale them"
-            )
-        return x
+        return _check_scaled(torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)), source)
     raise ValueError(f"{source}: unsupported dtype {arr.dtype}; allowed: uint8, uint16, float16/32/64")
 
 
@@ -166,23 +173,22 @@ def load_dataset(source: str | Path | Tensor | np.ndarray) -> Tensor:
     """Training images from any supported source.
 
     ``source``: ``"digits"`` (the digits training split), a ``.npy``/``.npz`` file, a folder of
-    PNG images, or an array/tensor already shaped ``(N, C, H, W)`` in ``[−1, 1]``.
+    PNG images, or an array/tensor already shaped ``(N, C, H, W)`` in ``[−1, 1]`` (checked: at
+    least one image, every value finite and in range). Returned on the CPU.
     """
     if isinstance(source, Tensor):
-        x = source.detach().to(torch.float32)
-    elif isinstance(source, np.ndarray):
-        x = torch.from_numpy(np.asarray(source, dtype=np.float32))
-    elif str(source) == "digits":
+        return _check_scaled(source.detach().to("cpu", torch.float32), "in-memory data")
+    if isinstance(source, np.ndarray):
+        return _check_scaled(torch.from_numpy(np.asarray(source, dtype=np.float32)), "in-memory data")
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"data must be 'digits', a path or an (N, C, H, W) array, got {type(source).__name__}")
+    if str(source) == "digits":
         return load_digits("train")
-    else:
-        p = Path(source)
-        if p.is_dir():
-            return load_png_folder(p)
-        if p.suffix.lower() in (".npy", ".npz"):
-            return load_array(p)
-        raise ValueError(
-            f"unknown data source {str(source)!r}; allowed: 'digits', a .npy/.npz file, a folder of PNG images"
-        )
-    if x.ndim != 4:
-        raise ValueError(f"in-memory images must have shape (N, C, H, W), got {tuple(x.shape)}")
-    return x
+    p = Path(source)
+    if p.is_dir():
+        return load_png_folder(p)
+    if p.suffix.lower() in (".npy", ".npz"):
+        return load_array(p)
+    raise ValueError(
+        f"unknown data source {str(source)!r}; allowed: 'digits', a .npy/.npz file, a folder of PNG images"
+    )

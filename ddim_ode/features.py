@@ -13,7 +13,6 @@ reproduces it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from scipy import linalg
 from torch import Tensor, nn
 
-from ._files import atomic_path
+from ._files import atomic_write, write_json
 
 __all__ = ["DigitClassifier", "train_classifier", "load_classifier", "features", "frechet_distance", "CLASSIFIER_DIR"]
 
@@ -99,11 +98,9 @@ def train_classifier(
     }
     if out_dir is not None:
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "model.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-        with atomic_path(out / "config.json") as tmp:
-            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.contiguous() for k, v in net.state_dict().items()}
+        atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp))
+        write_json(out / "config.json", meta)
     return net, meta
 
 

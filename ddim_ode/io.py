@@ -9,6 +9,13 @@ The package's format is a directory holding two files:
   :class:`ddim_ode.field.ProbabilityFlowODE`) and free-form entries such as ``data`` (scaling) and
   ``training`` (command, steps, wall time, loss).
 
+Loading checks before it builds: every field of ``config.json`` is checked for type and range
+(:class:`~ddim_ode.unet.UNetConfig`'s bounds, and :data:`MAX_TIMESTEPS` etc. for the schedule),
+and the parameter shapes that the architecture implies (worked out on the ``meta`` device) are
+compared with the shapes in the safetensors header, so a hostile or broken config is refused with
+a :class:`ModelFormatError` before any memory is spent on it. Weights holding NaN or infinite
+values are refused too.
+
 Loaders return a :class:`LoadedModel` ``(model, schedule, metadata)``: ``model(x_t, t)`` follows
 the ε-model contract of the package (for a diffusers model, whatever ``metadata["prediction"]``
 says the network predicts), ``schedule`` is the training schedule, ``metadata`` a dict.
@@ -20,9 +27,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import uuid
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -30,6 +36,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_float, check_float_list, check_int
+from ._files import atomic_write, read_json, write_json
+from .field import PREDICTIONS
 from .schedules import CosineVPSchedule, DiscreteSchedule, LinearVPSchedule, Schedule
 from .unet import UNet, UNetConfig
 
@@ -42,10 +51,15 @@ __all__ = [
     "load_default",
     "load_diffusers_unet",
     "load_torch_state_dict",
+    "load_weights_only",
     "load_any",
     "schedule_to_dict",
     "schedule_from_dict",
+    "check_extra_metadata",
     "DEFAULT_MODEL_DIR",
+    "MAX_TIMESTEPS",
+    "MAX_COSINE_S",
+    "MAX_CONTINUOUS_BETA",
 ]
 
 FORMAT = "ddim_ode.model"
@@ -53,15 +67,35 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "digits"
-PREDICTIONS = ("eps", "x0", "v")
 _RESERVED = ("format", "format_version", "architecture", "unet", "schedule", "prediction")
 #: diffusers' names of what a network predicts, mapped to the package's names
 DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
+#: bounds of a schedule description: timesteps of a discrete schedule (also the length of a
+#: ``betas`` or ``alphas_cumprod`` list), the offset ``s`` of a cosine schedule, and ``beta_max``
+#: of the continuous linear schedule (σ overflows float64 beyond a few hundred)
+MAX_TIMESTEPS = 100_000
+MAX_COSINE_S = 1.0
+MAX_CONTINUOUS_BETA = 100.0
+
+#: the entries of each schedule description, after ``type`` and ``kind``
+_SCHEDULE_ENTRIES = {
+    "discrete": {
+        "linear": ("beta_start", "beta_end", "num_timesteps"),
+        "cosine": ("num_timesteps", "s"),
+        "betas": ("betas",),
+        "alphas_cumprod": ("alphas_cumprod",),
+    },
+    "continuous": {"linear": ("beta_min", "beta_max", "t_min", "t_max"), "cosine": ("s", "t_min", "t_max")},
+}
+_OPTIONAL_ENTRIES = ("s", "t_min", "t_max")
+#: the open interval (0, 1) of every beta and alpha_bar, as keywords of check_float
+_OPEN_UNIT: dict[str, Any] = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
+
 
 class ModelFormatError(ValueError):
-    """A model file exists but cannot be used: corrupted, truncated, or for another architecture."""
+    """A model file exists but cannot be used: corrupted, truncated, out of range, or for another architecture."""
 
 
 class LoadedModel(NamedTuple):
@@ -101,86 +135,120 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
                 return spec
         return {"type": "discrete", "kind": "alphas_cumprod", "alphas_cumprod": [float(a) for a in ab]}
     if isinstance(schedule, LinearVPSchedule):
-        return {
-            "type": "continuous",
-            "kind": "linear",
-            "beta_min": schedule.beta_min,
-            "beta_max": schedule.beta_max,
-            "t_min": schedule.t_min,
-            "t_max": schedule.t_max,
-        }
-    if isinstance(schedule, CosineVPSchedule):
-        return {
-            "type": "continuous",
-            "kind": "cosine",
-            "s": schedule.s,
-            "t_min": schedule.t_min,
-            "t_max": schedule.t_max,
-        }
-    raise TypeError(
-        f"cannot describe a {type(schedule).__name__} in JSON; "
-        "supported: DiscreteSchedule, LinearVPSchedule, CosineVPSchedule"
-    )
+        kind, shape = "linear", {"beta_min": schedule.beta_min, "beta_max": schedule.beta_max}
+    elif isinstance(schedule, CosineVPSchedule):
+        kind, shape = "cosine", {"s": schedule.s}
+    else:
+        raise TypeError(
+            f"cannot describe a {type(schedule).__name__} in JSON; "
+            "supported: DiscreteSchedule, LinearVPSchedule, CosineVPSchedule"
+        )
+    return {"type": "continuous", "kind": kind, **shape, "t_min": schedule.t_min, "t_max": schedule.t_max}
+
+
+def _check_schedule_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
+    """``(type, kind, entries)`` of a schedule description, every entry checked for type and range.
+
+    Nothing is built, so this is cheap whatever the description asks for; ``ValueError`` names
+    the entry and its allowed range.
+    """
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"a schedule is described by an object with 'type' and 'kind', got {reprlib.repr(spec)}")
+    typ = spec.get("type", "discrete")
+    if not isinstance(typ, str) or typ not in _SCHEDULE_ENTRIES:
+        raise ValueError(f"unknown schedule type {reprlib.repr(typ)}; allowed: {', '.join(_SCHEDULE_ENTRIES)}")
+    kinds = _SCHEDULE_ENTRIES[typ]
+    kind = spec.get("kind")
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ValueError(f"unknown {typ} schedule kind {reprlib.repr(kind)}; allowed: {', '.join(kinds)}")
+    names = kinds[kind]
+    unknown = sorted(set(spec) - {"type", "kind", *names}, key=str)
+    if unknown:
+        raise ValueError(
+            f"unknown entries {unknown} in a {typ} {kind} schedule; allowed: type, kind, {', '.join(names)}"
+        )
+    missing = [k for k in names if k not in spec and k not in _OPTIONAL_ENTRIES]
+    if missing:
+        raise ValueError(f"a {typ} {kind} schedule lacks the entry {missing[0]!r}")
+
+    def prob(key: str) -> float:
+        return check_float(f"schedule.{key}", spec[key], **_OPEN_UNIT)
+
+    out: dict[str, Any] = {}
+    if typ == "discrete":
+        if "num_timesteps" in names:
+            out["num_timesteps"] = check_int("schedule.num_timesteps", spec["num_timesteps"], 2, MAX_TIMESTEPS)
+        if kind == "linear":
+            out["beta_start"], out["beta_end"] = prob("beta_start"), prob("beta_end")
+        elif kind in ("betas", "alphas_cumprod"):
+            out[kind] = check_float_list(f"schedule.{kind}", spec[kind], min_len=2, max_len=MAX_TIMESTEPS, **_OPEN_UNIT)
+    else:
+        for key in ("t_min", "t_max"):
+            if key in spec:
+                out[key] = check_float(f"schedule.{key}", spec[key], 0.0, 1.0)
+        if kind == "linear":
+            for key in ("beta_min", "beta_max"):
+                out[key] = check_float(f"schedule.{key}", spec[key], 0.0, MAX_CONTINUOUS_BETA, low_open=True)
+    if kind == "cosine" and "s" in spec:
+        out["s"] = check_float("schedule.s", spec["s"], 0.0, MAX_COSINE_S, low_open=True)
+    return typ, kind, out
+
+
+def _build_schedule(typ: str, kind: str, entries: Mapping[str, Any]) -> Schedule:
+    """The schedule of a description checked by :func:`_check_schedule_spec`."""
+    e = dict(entries)
+    if typ == "continuous":
+        return LinearVPSchedule(**e) if kind == "linear" else CosineVPSchedule(**e)
+    if kind == "linear":
+        schedule = DiscreteSchedule.linear(e["beta_start"], e["beta_end"], e["num_timesteps"])
+    elif kind == "cosine":
+        schedule = DiscreteSchedule.cosine(e["num_timesteps"], s=e.get("s", 0.008))
+    else:
+        schedule = DiscreteSchedule(**{kind: torch.tensor(e[kind], dtype=torch.float64)})
+    if not bool(torch.isfinite(schedule.log_sigmas).all()):
+        raise ValueError(
+            f"the {kind} schedule gives sigma = 0 or infinity at some timestep (alpha_bar rounds to 1 or 0 in "
+            "float64); use betas further from 0 and 1, or fewer timesteps"
+        )
+    return schedule
 
 
 def schedule_from_dict(spec: Mapping[str, Any]) -> Schedule:
-    """Rebuild a schedule from :func:`schedule_to_dict`'s description.
+    """Rebuild a schedule from :func:`schedule_to_dict`'s description, after checking it.
 
-    Discrete kinds: ``linear`` (``beta_start``, ``beta_end``, ``num_timesteps``), ``cosine``
-    (``num_timesteps``, optional ``s``), ``betas`` (``betas``), ``alphas_cumprod``
-    (``alphas_cumprod``). Continuous kinds: ``linear`` (``beta_min``, ``beta_max``, ``t_min``,
-    ``t_max``), ``cosine`` (``s``, ``t_min``, ``t_max``).
+    Discrete kinds: ``linear`` (``beta_start``, ``beta_end`` in (0, 1), ``num_timesteps``),
+    ``cosine`` (``num_timesteps``, optional ``s`` in (0, :data:`MAX_COSINE_S`]), ``betas``
+    (``betas``, each in (0, 1)), ``alphas_cumprod`` (``alphas_cumprod``, each in (0, 1), strictly
+    decreasing); ``num_timesteps`` and the list lengths lie in [2, :data:`MAX_TIMESTEPS`].
+    Continuous kinds: ``linear`` (``beta_min`` < ``beta_max`` in (0, :data:`MAX_CONTINUOUS_BETA`],
+    optional ``t_min``, ``t_max`` in [0, 1]), ``cosine`` (optional ``s``, ``t_min``, ``t_max`` < 1).
+    Every number must be finite; anything else raises ``ValueError`` naming the entry and its
+    range, before anything is allocated.
     """
-    kind, typ = spec.get("kind"), spec.get("type", "discrete")
-    try:
-        if typ == "discrete":
-            if kind == "linear":
-                return DiscreteSchedule.linear(
-                    float(spec["beta_start"]), float(spec["beta_end"]), int(spec["num_timesteps"])
-                )
-            if kind == "cosine":
-                return DiscreteSchedule.cosine(int(spec["num_timesteps"]), s=float(spec.get("s", 0.008)))
-            if kind == "betas":
-                return DiscreteSchedule(betas=torch.tensor(spec["betas"], dtype=torch.float64))
-            if kind == "alphas_cumprod":
-                return DiscreteSchedule(alphas_cumprod=torch.tensor(spec["alphas_cumprod"], dtype=torch.float64))
-            raise ValueError(f"unknown discrete schedule kind {kind!r}; allowed: linear, cosine, betas, alphas_cumprod")
-        if typ == "continuous":
-            t_range = {k: float(spec[k]) for k in ("t_min", "t_max") if k in spec}
-            if kind == "linear":
-                return LinearVPSchedule(float(spec["beta_min"]), float(spec["beta_max"]), **t_range)
-            if kind == "cosine":
-                return CosineVPSchedule(float(spec.get("s", 0.008)), **t_range)
-            raise ValueError(f"unknown continuous schedule kind {kind!r}; allowed: linear, cosine")
-    except KeyError as err:
-        raise ValueError(f"schedule description {dict(spec)} lacks the entry {err.args[0]!r}") from None
-    raise ValueError(f"unknown schedule type {typ!r}; allowed: discrete, continuous")
+    return _build_schedule(*_check_schedule_spec(spec))
 
 
 # ----------------------------------------------------------------------------------------------
 # the package's own format
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # permissions follow the umask
+def check_extra_metadata(extra_metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The entries :func:`save_model` may add to ``config.json``, checked: a mapping with string keys,
+    none of them reserved (``format``, ``format_version``, ``architecture``, ``unet``, ``schedule``,
+    ``prediction``), serialisable as strict JSON (no NaN or infinity). ``ValueError`` otherwise."""
+    if extra_metadata is None:
+        return {}
+    if not isinstance(extra_metadata, Mapping) or not all(isinstance(k, str) for k in extra_metadata):
+        raise ValueError(f"extra_metadata must be a mapping with string keys, got {type(extra_metadata).__name__}")
+    extra = dict(extra_metadata)
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"extra_metadata may not set the reserved keys {clash}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-
-    _atomic_write_bytes(path, write)
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"extra_metadata must be strict JSON (no NaN or infinity): {err}") from None
+    return extra
 
 
 def save_model(
@@ -200,8 +268,7 @@ def save_model(
         config: its architecture (default: ``model.config``).
         schedule: the schedule it was trained with (required).
         extra_metadata: JSON-serialisable entries added to ``config.json`` (e.g. ``data``,
-            ``training``); they may not override the reserved keys ``format``, ``format_version``,
-            ``architecture``, ``unet``, ``schedule``, ``prediction``.
+            ``training``); see :func:`check_extra_metadata`.
         prediction: what the network outputs: ``"eps"``, ``"x0"`` or ``"v"``.
 
     Returns the directory.
@@ -215,10 +282,6 @@ def save_model(
     cfg = config if config is not None else model.config
     if cfg != model.config:
         raise ValueError(f"config {cfg} does not describe the model, whose config is {model.config}")
-    extra = dict(extra_metadata or {})
-    clash = sorted(set(extra) & set(_RESERVED))
-    if clash:
-        raise ValueError(f"extra_metadata may not set the reserved keys {clash}")
     doc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -226,31 +289,50 @@ def save_model(
         "unet": cfg.to_dict(),
         "schedule": schedule_to_dict(schedule),
         "prediction": prediction,
-        **extra,
+        **check_extra_metadata(extra_metadata),
     }
-    json.dumps(doc, allow_nan=False)  # fail before writing anything if not serialisable
 
     from safetensors.torch import save_file
 
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(directory / MODEL_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic_write_json(directory / CONFIG_FILE, doc)
+    atomic_write(directory / MODEL_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_json(directory / CONFIG_FILE, doc)
     return directory
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``ModelFormatError`` (one line, naming the file) when it is not one."""
     if not path.is_file():
         raise FileNotFoundError(f"missing {path.name}: expected {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ModelFormatError(f"{path} is not valid JSON: {err}") from None
+        doc = read_json(path)
+    except RecursionError:
+        raise ModelFormatError(f"{path} is not valid JSON: it is nested too deeply") from None
+    except ValueError as err:  # read_json names the file; a few decoder errors (huge integers) do not
+        message = str(err).splitlines()[0]
+        raise ModelFormatError(message if str(path) in message else f"{path} is not valid JSON: {message}") from None
     if not isinstance(doc, dict):
         raise ModelFormatError(f"{path} must hold a JSON object, got {type(doc).__name__}")
     return doc
+
+
+def _safetensors_error(path: Path, err: Exception) -> ModelFormatError:
+    return ModelFormatError(f"{path} is not a readable safetensors file (corrupted or truncated?): {err}")
+
+
+def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes in a safetensors header, read without loading any tensor."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise FileNotFoundError(f"missing weights file: expected {path}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise _safetensors_error(path, err) from None
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -262,31 +344,58 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelFormatError(f"{path} is not a readable safetensors file (corrupted or truncated?): {err}") from None
+        raise _safetensors_error(path, err) from None
 
 
-def _load_checked(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Load ``state`` into ``model`` after checking names and shapes, with errors naming the parameter."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+def _check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """``ModelFormatError`` naming the first parameter that is missing, unexpected or of another shape."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
     if missing or unexpected:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} parameters (first: {missing[:3]})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected parameters (first: {unexpected[:3]})")
+            parts.append(f"{len(unexpected)} unexpected parameters (first: {reprlib.repr(unexpected[:3])})")
         raise ModelFormatError(f"{source}: the weights are for another architecture: " + "; ".join(parts))
-    for name in own:  # in the model's order, so the first mismatch reported is the earliest layer
-        tensor = state[name]
-        if not isinstance(tensor, Tensor):
-            raise ModelFormatError(f"{source}: entry {name!r} is a {type(tensor).__name__}, not a tensor")
-        if tuple(tensor.shape) != tuple(own[name].shape):
+    for name, shape in expected.items():  # in the model's order, so the first mismatch reported is the earliest layer
+        if tuple(found[name]) != tuple(shape):
             raise ModelFormatError(
                 f"{source}: the weights are for another architecture: parameter {name!r} has shape "
-                f"{tuple(tensor.shape)} in the file but {tuple(own[name].shape)} in the model"
+                f"{tuple(found[name])} in the file but {tuple(shape)} in the model"
             )
+
+
+def _check_finite(state: Mapping[str, Tensor], source: str) -> None:
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFormatError(
+                f"{source}: parameter {name!r} holds NaN or infinite values; these weights cannot be used "
+                "(was the training run diverging?)"
+            )
+
+
+def _shapes(state: Mapping[str, Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+
+
+def _load_checked(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Load ``state`` into ``model`` after checking names, shapes and finiteness, with errors naming the parameter."""
+    own = model.state_dict()
+    _check_shapes(_shapes(own), _shapes(state), source)
+    _check_finite(state, source)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def _unet_with_weights(config: UNetConfig, state: Mapping[str, Tensor], source: str) -> UNet:
+    """A :class:`UNet` of architecture ``config`` holding ``state``, whose names and shapes have been checked.
+
+    The weights' finiteness is checked before the network is built.
+    """
+    _check_finite(state, source)
+    model = UNet(config, generator=torch.Generator())  # a private generator: the global RNG is left alone
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    return model
 
 
 def _finish(model: nn.Module, device: str | torch.device | None) -> nn.Module:
@@ -308,6 +417,40 @@ def _model_dir(path: str | Path) -> Path:
     return p
 
 
+class _ModelConfig(NamedTuple):
+    """A checked ``config.json``: nothing in it has been built yet."""
+
+    doc: dict[str, Any]
+    unet: UNetConfig
+    schedule: tuple[str, str, dict[str, Any]]
+    prediction: str
+
+
+def _read_model_config(path: Path) -> _ModelConfig:
+    """Read and check every field of a ``config.json`` (type and range); ``ModelFormatError`` naming the field."""
+    doc = _read_json(path)
+    if doc.get("format") != FORMAT:
+        raise ModelFormatError(
+            f"{path} is not a ddim_ode model config (format {reprlib.repr(doc.get('format'))}, expected {FORMAT!r}); "
+            "for a diffusers model use load_diffusers_unet"
+        )
+    for key in ("unet", "schedule"):
+        if key not in doc:
+            raise ModelFormatError(f"{path} lacks the entry {key!r}")
+    try:
+        version = check_int("format_version", doc.get("format_version", FORMAT_VERSION), 1)
+        if version > FORMAT_VERSION:
+            raise ModelFormatError(f"format_version {version} is newer than supported ({FORMAT_VERSION})")
+        if doc.get("architecture") != "UNet":
+            raise ModelFormatError(f"unknown architecture {reprlib.repr(doc.get('architecture'))}; allowed: 'UNet'")
+        prediction = doc.get("prediction", "eps")
+        if not isinstance(prediction, str) or prediction not in PREDICTIONS:
+            raise ModelFormatError(f"unknown prediction {reprlib.repr(prediction)}; allowed: {', '.join(PREDICTIONS)}")
+        return _ModelConfig(doc, UNetConfig.from_dict(doc["unet"]), _check_schedule_spec(doc["schedule"]), prediction)
+    except ValueError as err:
+        raise ModelFormatError(f"{path}: {err}") from None
+
+
 def load_model(path: str | Path, device: str | torch.device | None = None) -> LoadedModel:
     """Load a model saved by :func:`save_model`.
 
@@ -315,41 +458,28 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Lo
         path: the model directory (or its ``config.json`` / ``model.safetensors``).
         device: where to put the model (default: CPU).
 
+    ``config.json`` is checked field by field, and the shapes its architecture implies against
+    the safetensors header, before the network or the schedule is built.
+
     Raises:
         FileNotFoundError: a file is missing.
         ModelFormatError: unreadable JSON or safetensors (corrupted/truncated), an unknown format,
-            or weights for another architecture (the message names the parameter).
+            a field of the wrong type or out of range (the message names the file, the field and
+            the allowed range), weights for another architecture (the message names the
+            parameter), or weights holding NaN or infinite values.
     """
     directory = _model_dir(path)
-    doc = _read_json(directory / CONFIG_FILE)
-    if doc.get("format") != FORMAT:
-        raise ModelFormatError(
-            f"{directory / CONFIG_FILE} is not a ddim_ode model config "
-            f"(format {doc.get('format')!r}, expected {FORMAT!r}); "
-            "for a diffusers model use load_diffusers_unet"
-        )
-    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelFormatError(
-            f"{directory}: format_version {doc['format_version']} is newer than supported ({FORMAT_VERSION})"
-        )
-    if doc.get("architecture") != "UNet":
-        raise ModelFormatError(f"{directory}: unknown architecture {doc.get('architecture')!r}; allowed: 'UNet'")
-    prediction = doc.get("prediction", "eps")
-    if prediction not in PREDICTIONS:
-        raise ModelFormatError(f"{directory}: unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+    cfg = _read_model_config(directory / CONFIG_FILE)
+    weights = directory / MODEL_FILE
+    _check_shapes(UNet.state_dict_shapes(cfg.unet), _safetensors_shapes(weights), str(weights))
+    model = _unet_with_weights(cfg.unet, _read_safetensors(weights), str(weights))
     try:
-        config = UNetConfig.from_dict(doc["unet"])
-        schedule = schedule_from_dict(doc["schedule"])
-    except KeyError as err:
-        raise ModelFormatError(f"{directory / CONFIG_FILE} lacks the entry {err.args[0]!r}") from None
-    except (TypeError, ValueError) as err:
+        schedule = _build_schedule(*cfg.schedule)
+    except ValueError as err:  # a checked description the schedule still refuses (alphas_cumprod not decreasing)
         raise ModelFormatError(f"{directory / CONFIG_FILE}: {err}") from None
-    state = _read_safetensors(directory / MODEL_FILE)
-    model = UNet(config, generator=torch.Generator())  # a private generator: the global RNG is left alone
-    _load_checked(model, state, str(directory / MODEL_FILE))
-    metadata = dict(doc)
+    metadata = dict(cfg.doc)
     metadata["source"] = str(directory)
-    metadata["sample_shape"] = [config.in_channels, config.resolution, config.resolution]
+    metadata["sample_shape"] = [cfg.unet.in_channels, cfg.unet.resolution, cfg.unet.resolution]
     return LoadedModel(_finish(model, device), schedule, metadata)
 
 
@@ -365,22 +495,27 @@ def load_default(device: str | torch.device | None = None) -> LoadedModel:
 # plain PyTorch state dicts
 
 
-def _torch_load_safe(path: Path) -> Any:
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint file: {path}")
+def load_weights_only(path: str | Path) -> Any:
+    """The content of a PyTorch file, read with ``torch.load(..., weights_only=True)`` onto the CPU.
+
+    Only tensors and plain containers are accepted: a pickle that would construct other objects
+    (and could run code) is refused with :class:`ModelFormatError` before anything in it runs, as
+    is a corrupted or truncated file. ``FileNotFoundError`` when there is no such file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such checkpoint file: {p}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ModelFormatError(
-            f"refusing to load {path}: it is a pickle holding objects other than tensors and plain containers, "
+            f"refusing to load {p}: it is a pickle holding objects other than tensors and plain containers, "
             "which could execute code. Only weights-only checkpoints (torch.load(..., weights_only=True)) "
             "are accepted; re-save the state dict with torch.save(model.state_dict(), ...) or as safetensors. "
             f"({str(err).splitlines()[0]})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ModelFormatError(
-            f"{path} is not a readable PyTorch checkpoint (corrupted or truncated?): {err}"
-        ) from None
+        raise ModelFormatError(f"{p} is not a readable PyTorch checkpoint (corrupted or truncated?): {err}") from None
 
 
 def _state_from_checkpoint(obj: Any, source: str) -> dict[str, Tensor]:
@@ -399,16 +534,16 @@ def _state_from_checkpoint(obj: Any, source: str) -> dict[str, Tensor]:
 def load_torch_state_dict(path: str | Path, config: UNetConfig, device: str | torch.device | None = None) -> UNet:
     """A :class:`UNet` of architecture ``config`` with weights from a PyTorch checkpoint.
 
-    The file is read with ``torch.load(..., weights_only=True)`` only: a pickle that would run
-    code is refused with :class:`ModelFormatError`. It may hold a state dict, or a dict with the
-    state dict under ``"ema"`` (preferred), ``"state_dict"`` or ``"model"`` (as the training
-    checkpoints of :func:`ddim_ode.train.train` do). The schedule is not part of a state dict.
+    The file is read with :func:`load_weights_only`: a pickle that would run code is refused with
+    :class:`ModelFormatError`. It may hold a state dict, or a dict with the state dict under
+    ``"ema"`` (preferred), ``"state_dict"`` or ``"model"`` (as the training checkpoints of
+    :func:`ddim_ode.train.train` do). Names, shapes and finiteness are checked before the network
+    is built. The schedule is not part of a state dict.
     """
     p = Path(path)
-    state = _state_from_checkpoint(_torch_load_safe(p), str(p))
-    model = UNet(config, generator=torch.Generator())
-    _load_checked(model, state, str(p))
-    return _finish(model, device)  # type: ignore[return-value]
+    state = _state_from_checkpoint(load_weights_only(p), str(p))
+    _check_shapes(UNet.state_dict_shapes(config), _shapes(state), str(p))
+    return _finish(_unet_with_weights(config, state, str(p)), device)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -441,26 +576,32 @@ class DiffusersEpsModel(nn.Module):
         return out.to(x.dtype)
 
 
-def _diffusers_schedule(cfg: Mapping[str, Any], source: str) -> DiscreteSchedule:
-    n = int(cfg.get("num_train_timesteps", 1000))
+def _diffusers_schedule(cfg: Mapping[str, Any]) -> DiscreteSchedule:
+    """The schedule of a diffusers ``scheduler_config.json``, its numbers checked before anything is built."""
     if cfg.get("rescale_betas_zero_snr"):
         raise ValueError(
-            f"{source}: rescale_betas_zero_snr=True gives alpha_bar = 0 (sigma infinite) at the last step; unsupported"
+            "rescale_betas_zero_snr=True gives alpha_bar = 0 (sigma infinite) at the last step; unsupported"
         )
     trained = cfg.get("trained_betas")
     if trained is not None:
-        return DiscreteSchedule(betas=torch.tensor(trained, dtype=torch.float64))
+        betas = check_float_list("trained_betas", trained, min_len=2, max_len=MAX_TIMESTEPS, **_OPEN_UNIT)
+        return DiscreteSchedule(betas=torch.tensor(betas, dtype=torch.float64))
     kind = cfg.get("beta_schedule", "linear")
-    b0, b1 = float(cfg.get("beta_start", 1e-4)), float(cfg.get("beta_end", 0.02))
+    if not isinstance(kind, str) or kind not in DIFFUSERS_BETA_SCHEDULES:
+        raise ValueError(
+            f"unsupported beta_schedule {reprlib.repr(kind)}; allowed: {', '.join(DIFFUSERS_BETA_SCHEDULES)} "
+            "or trained_betas"
+        )
+    n = check_int("num_train_timesteps", cfg.get("num_train_timesteps", 1000), 2, MAX_TIMESTEPS)
+    b0, b1 = (
+        check_float(key, cfg.get(key, default), **_OPEN_UNIT)
+        for key, default in (("beta_start", 1e-4), ("beta_end", 0.02))
+    )
     if kind == "linear":
         return DiscreteSchedule.linear(b0, b1, n)
     if kind == "scaled_linear":
         return DiscreteSchedule(betas=torch.linspace(math.sqrt(b0), math.sqrt(b1), n, dtype=torch.float64) ** 2)
-    if kind == "squaredcos_cap_v2":
-        return DiscreteSchedule.cosine(n)  # same formula as diffusers' betas_for_alpha_bar (s = 0.008, β ≤ 0.999)
-    raise ValueError(
-        f"{source}: unsupported beta_schedule {kind!r}; allowed: {', '.join(DIFFUSERS_BETA_SCHEDULES)} or trained_betas"
-    )
+    return DiscreteSchedule.cosine(n)  # same formula as diffusers' betas_for_alpha_bar (s = 0.008, β ≤ 0.999)
 
 
 def _diffusers_weights(unet_dir: Path) -> dict[str, Tensor]:
@@ -472,7 +613,7 @@ def _diffusers_weights(unet_dir: Path) -> dict[str, Tensor]:
         return _read_safetensors(variants[0])
     pt = unet_dir / "diffusion_pytorch_model.bin"
     if pt.is_file():
-        return _state_from_checkpoint(_torch_load_safe(pt), str(pt))
+        return _state_from_checkpoint(load_weights_only(pt), str(pt))
     if list(unet_dir.glob("*.index.json")):
         raise ModelFormatError(f"{unet_dir}: sharded weights are not supported")
     raise FileNotFoundError(
@@ -542,9 +683,9 @@ def load_diffusers_unet(
                 "pass schedule=... explicitly"
             )
         try:
-            schedule = _diffusers_schedule(sched_cfg, str(sched_path))
+            schedule = _diffusers_schedule(sched_cfg)
         except ValueError as err:
-            raise ModelFormatError(str(err)) from None
+            raise ModelFormatError(f"{sched_path}: {err}") from None
 
     try:
         from diffusers import UNet2DModel

@@ -11,6 +11,9 @@ so a run is reproducible and leaves the caller's RNG state untouched. A checkpoi
 (``checkpoint.pt``, weights-only loadable) is written atomically every ``checkpoint_every`` steps
 and at the end; a later call with the same ``out_dir`` resumes from it (and may raise ``steps``).
 
+Every argument is checked (type and range, one-line ``ValueError`` naming it) and the output
+directory is checked to be writable before any data are loaded or any network is built.
+
 Reproduce the shipped model with::
 
     OMP_NUM_THREADS=1 python -m ddim_ode.train --preset digits --out-dir ddim_ode/weights/digits --threads 1
@@ -21,8 +24,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import os
+import reprlib
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,15 +40,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_bool, check_float, check_int
+from ._files import TMP_MARK, atomic_write
 from .data import DIGITS_HELDOUT, DIGITS_SCALING, load_dataset
-from .io import _atomic_write_bytes, _torch_load_safe, save_model, schedule_to_dict
-from .schedules import DiscreteSchedule
+from .io import check_extra_metadata, load_weights_only, save_model, schedule_from_dict, schedule_to_dict
+from .schedules import DiscreteSchedule, Schedule
 from .unet import UNet, UNetConfig
 
-__all__ = ["train", "TrainResult", "PRESETS", "CHECKPOINT_FILE", "LOSS_PLOT_FILE", "save_loss_plot", "main"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "PRESETS",
+    "CHECKPOINT_FILE",
+    "LOSS_PLOT_FILE",
+    "MAX_BATCH_SIZE",
+    "MAX_THREADS",
+    "save_loss_plot",
+    "main",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOSS_PLOT_FILE = "loss.png"
+#: bounds of ``batch_size`` and of the command line's ``--threads``
+MAX_BATCH_SIZE = 65536
+MAX_THREADS = 1024
+_MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -57,6 +79,7 @@ class TrainResult:
         wall_time_s: training wall time in seconds, summed over resumed runs.
         final_loss: mean loss over the last ``min(500, steps)`` steps.
         out_dir: where the model, checkpoint and loss plot were written (or ``None``).
+        schedule: the schedule the model was trained with.
     """
 
     model: UNet
@@ -67,6 +90,100 @@ class TrainResult:
     final_loss: float
     out_dir: Path | None = None
     schedule: DiscreteSchedule | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _Hyperparameters:
+    """The optimisation settings of a run, each checked for type and range on construction."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    ema_decay: float
+    grad_clip: float
+    seed: int
+    checkpoint_every: int
+
+    def __post_init__(self) -> None:
+        checked = {
+            "steps": check_int("steps", self.steps, 1),
+            "batch_size": check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE),
+            "lr": check_float("lr", self.lr, 0.0, low_open=True),
+            "weight_decay": check_float("weight_decay", self.weight_decay, 0.0),
+            "warmup_steps": check_int("warmup_steps", self.warmup_steps, 0),
+            "ema_decay": check_float("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True),
+            "grad_clip": check_float("grad_clip", self.grad_clip, 0.0),
+            "seed": check_int("seed", self.seed, 0, _MAX_SEED),
+            "checkpoint_every": check_int("checkpoint_every", self.checkpoint_every, 0),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): linear warm-up over ``warmup_steps``, then ``lr``."""
+        return self.lr * min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else self.lr
+
+    def ema_decay_at(self, step: int) -> float:
+        """``min(ema_decay, (1 + k)/(10 + k))``: a short memory while the weights move fast."""
+        return min(self.ema_decay, (1.0 + step) / (10.0 + step))
+
+    def record(self) -> dict[str, Any]:
+        """The settings recorded in ``config.json`` and in the checkpoint."""
+        return {
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "warmup_steps": self.warmup_steps,
+            "ema_decay": self.ema_decay,
+            "grad_clip": self.grad_clip,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class _Run:
+    """The evolving state of a run: everything a checkpoint restores besides the run's identity."""
+
+    model: UNet
+    ema: UNet
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    losses: list[float] = field(default_factory=list)
+    step: int = 0
+    wall_before: float = 0.0
+    rng_state: Mapping[str, Tensor] | None = None
+
+    @classmethod
+    def start(cls, config: UNetConfig, hp: _Hyperparameters, device: torch.device) -> _Run:
+        """A fresh run: the network initialised from the run's seeded generator, its EMA copy, AdamW."""
+        gen = torch.Generator().manual_seed(hp.seed)
+        model = UNet(config, generator=gen).to(device)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return cls(model, ema, opt, gen)
+
+    def state_dict(self, wall: float, device: torch.device) -> dict[str, Any]:
+        """Networks, optimiser, both RNG streams and progress (call inside the run's RNG scope)."""
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "generator": self.gen.get_state(),
+            "rng": _global_rng_state(device),
+            "losses": list(self.losses),
+            "step": self.step,
+            "wall_time_s": wall,
+        }
+
+    def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.ema.load_state_dict(ckpt["ema"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.gen.set_state(ckpt["generator"])
+        self.losses = [float(v) for v in ckpt["losses"]]
+        self.step, self.wall_before, self.rng_state = int(ckpt["step"]), float(ckpt["wall_time_s"]), ckpt["rng"]
 
 
 def _data_metadata(data: Any, x: Tensor) -> dict[str, Any]:
@@ -138,9 +255,198 @@ def save_loss_plot(losses: Sequence[float], path: str | Path, title: str = "DDPM
     ax.legend(loc="upper right")
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
     return out
+
+
+def _check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that can hold tensors here (default: CUDA if available, else CPU)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be a name such as 'cpu' or 'cuda:0', got {reprlib.repr(device)}")
+    try:
+        dev = torch.device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError, ValueError) as err:
+        raise ValueError(f"device {str(device)!r} is not usable here: {str(err).splitlines()[0]}") from None
+    if dev.type == "meta":
+        raise ValueError("device 'meta' holds no data; allowed: 'cpu' or an available accelerator such as 'cuda'")
+    return dev
+
+
+def _check_out_dir(out_dir: Any) -> Path | None:
+    """Create ``out_dir`` if needed and make sure a file can be written in it (``OSError`` naming it if not)."""
+    if out_dir is None:
+        return None
+    if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
+        raise ValueError(f"out_dir must be a directory path or None, got {reprlib.repr(out_dir)}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {str(out)!r} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".write-check{TMP_MARK}", suffix=".tmp", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise type(err)(f"out_dir {str(out)!r} is not a writable directory: {err.strerror or err}") from None
+    return out
+
+
+def _check_options(
+    config: Any, schedule: Any, resume: Any, progress: Any, command: Any, metadata: Any
+) -> dict[str, Any]:
+    """Check train()'s other arguments; returns the extra ``config.json`` entries."""
+    if config is not None and not isinstance(config, UNetConfig):
+        raise TypeError(f"config must be a UNetConfig or None, got {type(config).__name__}")
+    if schedule is not None and not isinstance(schedule, DiscreteSchedule):
+        raise TypeError(f"training needs a DiscreteSchedule (integer timesteps), got {type(schedule).__name__}")
+    check_bool("resume", resume)
+    check_bool("progress", progress)
+    if command is not None and not isinstance(command, str):
+        raise ValueError(f"command must be a string or None, got {reprlib.repr(command)}")
+    return check_extra_metadata(metadata)
+
+
+def _prepare_data(
+    data: Any, config: UNetConfig | None, schedule: DiscreteSchedule | None
+) -> tuple[Tensor, UNetConfig, DiscreteSchedule]:
+    """The training images (float32), and the architecture and schedule with their defaults, checked against them."""
+    x = load_dataset(data).to(torch.float32)
+    _, c, h, w = x.shape
+    if config is None:
+        config = UNetConfig(in_channels=c, out_channels=c, resolution=h)
+    if config.in_channels != c or config.out_channels != c:
+        raise ValueError(
+            f"the data have {c} channels but config has in_channels={config.in_channels}, "
+            f"out_channels={config.out_channels}"
+        )
+    if h != w or h != config.resolution:
+        raise ValueError(
+            f"the data are {h}x{w} images but config.resolution={config.resolution}; "
+            "square images of that side are required"
+        )
+    return x, config, schedule if schedule is not None else DiscreteSchedule.linear(1e-4, 0.02, 1000)
+
+
+def _resume(run: _Run, path: Path, identity: Mapping[str, Any]) -> None:
+    """Restore ``run`` from the checkpoint at ``path``, which must be of the same config and schedule."""
+    ckpt = load_weights_only(path)
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"{path} is not a training checkpoint; use another out_dir or resume=False")
+    if ckpt.get("config") != identity["config"]:
+        raise ValueError(
+            f"{path} was written for config {reprlib.repr(ckpt.get('config'))}, not {identity['config']}; "
+            "use another out_dir or resume=False"
+        )
+    if ckpt.get("schedule") != identity["schedule"]:
+        raise ValueError(
+            f"{path} was written for another schedule ({reprlib.repr(ckpt.get('schedule'))}); "
+            "use another out_dir or resume=False"
+        )
+    try:
+        run.load_state_dict(ckpt)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(
+            f"{path} is an incomplete or damaged training checkpoint ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); use another out_dir or resume=False"
+        ) from None
+
+
+def _write_checkpoint(path: Path, run: _Run, wall: float, device: torch.device, identity: Mapping[str, Any]) -> None:
+    state = {**run.state_dict(wall, device), **identity}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _ddpm_step(
+    run: _Run, x: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor, hp: _Hyperparameters, dev: torch.device
+) -> float:
+    """One optimisation step of the DDPM loss (batch, timesteps and noise from the run's generator)."""
+    n, c, h, w = x.shape
+    idx = torch.randint(n, (hp.batch_size,), generator=run.gen)
+    t = torch.randint(sqrt_ab.numel(), (hp.batch_size,), generator=run.gen)
+    eps = torch.randn((hp.batch_size, c, h, w), generator=run.gen)
+    x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x[idx] + sqrt_1m_ab[t].view(-1, 1, 1, 1) * eps
+    for group in run.opt.param_groups:
+        group["lr"] = hp.lr_at(run.step)
+    loss = F.mse_loss(run.model(x_t.to(dev), t.to(dev, torch.float32)), eps.to(dev))
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if hp.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), hp.grad_clip)
+    run.opt.step()
+    decay = hp.ema_decay_at(run.step)
+    with torch.no_grad():
+        for p_ema, p in zip(run.ema.parameters(), run.model.parameters()):
+            p_ema.lerp_(p, 1.0 - decay)
+        for b_ema, b in zip(run.ema.buffers(), run.model.buffers()):
+            b_ema.copy_(b)
+    return float(loss.detach())
+
+
+def _optimise(
+    run: _Run,
+    x: Tensor,
+    schedule: DiscreteSchedule,
+    hp: _Hyperparameters,
+    dev: torch.device,
+    ckpt_path: Path | None,
+    identity: Mapping[str, Any],
+    progress: bool,
+) -> float:
+    """The training loop from ``run.step`` to ``hp.steps``, checkpointing as it goes; returns the total wall time."""
+    from tqdm.auto import tqdm
+
+    sqrt_ab = schedule.alphas_cumprod.sqrt().to(torch.float32)
+    sqrt_1m_ab = (1.0 - schedule.alphas_cumprod).sqrt().to(torch.float32)
+    start = time.perf_counter()
+    run.model.train()
+    with _forked_rng(dev, hp.seed, run.rng_state):
+        bar = tqdm(
+            total=hp.steps, initial=min(run.step, hp.steps), disable=not progress, desc="train", dynamic_ncols=True
+        )
+        while run.step < hp.steps:
+            run.losses.append(_ddpm_step(run, x, sqrt_ab, sqrt_1m_ab, hp, dev))
+            run.step += 1
+            bar.update(1)
+            if run.step % 10 == 0 or run.step == hp.steps:
+                bar.set_postfix(loss=f"{np.mean(run.losses[-100:]):.4f}")
+            due = hp.checkpoint_every and run.step % hp.checkpoint_every == 0 and run.step < hp.steps
+            if ckpt_path is not None and due:
+                _write_checkpoint(ckpt_path, run, run.wall_before + time.perf_counter() - start, dev, identity)
+        bar.close()
+        wall = run.wall_before + time.perf_counter() - start
+        if ckpt_path is not None:
+            _write_checkpoint(ckpt_path, run, wall, dev, identity)
+    return wall
+
+
+def _training_record(
+    command: str | None, run: _Run, wall: float, final_loss: float, dev: torch.device, hp: _Hyperparameters
+) -> dict[str, Any]:
+    """The ``training`` entry of ``config.json``: how the weights were made."""
+    return {
+        "objective": "DDPM epsilon-prediction MSE (Ho et al. 2020)",
+        "command": command,
+        "steps": run.step,
+        "wall_time_s": round(wall, 1),
+        "final_loss": round(final_loss, 6),
+        "final_loss_definition": "mean training loss over the last min(500, steps) steps",
+        "weights": "EMA",
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        **hp.record(),
+    }
+
+
+def _save_outputs(
+    out: Path, run: _Run, config: UNetConfig, schedule: DiscreteSchedule, entries: Mapping[str, Any]
+) -> None:
+    """The EMA model (``model.safetensors`` + ``config.json`` with ``entries``) and ``loss.png``."""
+    save_model(out, run.ema, config, schedule, entries)
+    save_loss_plot(run.losses, out / LOSS_PLOT_FILE)
 
 
 def train(
@@ -170,188 +476,56 @@ def train(
         data: training images: ``"digits"``, a ``.npy``/``.npz`` file, a PNG folder (see
             :func:`ddim_ode.data.load_dataset`) or a tensor ``(N, C, H, W)`` in ``[−1, 1]``.
         out_dir: where to write ``model.safetensors`` + ``config.json`` (the EMA model, loadable
-            with :func:`ddim_ode.io.load_model`), ``checkpoint.pt`` and ``loss.png``. ``None``:
-            nothing is written and nothing resumed.
+            with :func:`ddim_ode.io.load_model`), ``checkpoint.pt`` and ``loss.png``; created if
+            missing and checked to be writable first. ``None``: nothing is written or resumed.
         config: the architecture (default: :class:`UNetConfig` with the data's channels and side).
             ``in_channels``/``out_channels`` must equal the data's channels and ``resolution`` its side.
         schedule: a :class:`DiscreteSchedule` (default: DDPM linear, β from 1e-4 to 0.02, T = 1000).
-        steps: total optimisation steps (a resumed run continues up to this number).
-        batch_size: images per step (drawn with replacement).
-        lr: AdamW learning rate after the linear warm-up of ``warmup_steps`` steps.
-        weight_decay: AdamW weight decay.
-        ema_decay: EMA decay; the effective decay is ``min(ema_decay, (1 + k)/(10 + k))`` at step k.
-        grad_clip: maximal global gradient norm (``0`` disables clipping).
-        seed: seeds the run's ``torch.Generator`` (initialisation, batches, timesteps, noise).
-        checkpoint_every: steps between checkpoints (``0``: only at the end).
+        steps: total optimisation steps, an integer ≥ 1 (a resumed run continues up to this number).
+        batch_size: images per step (drawn with replacement), an integer in [1, :data:`MAX_BATCH_SIZE`].
+        lr: AdamW learning rate after the linear warm-up of ``warmup_steps`` (≥ 0) steps; finite, > 0.
+        weight_decay: AdamW weight decay, finite, ≥ 0.
+        ema_decay: EMA decay in [0, 1); the effective decay is ``min(ema_decay, (1 + k)/(10 + k))`` at step k.
+        grad_clip: maximal global gradient norm, finite, ≥ 0 (``0`` disables clipping).
+        seed: seeds the run's ``torch.Generator`` (initialisation, batches, timesteps, noise); in [0, 2⁶³ − 1].
+        checkpoint_every: steps between checkpoints, ≥ 0 (``0``: only at the end).
         resume: continue from ``out_dir/checkpoint.pt`` if it exists (same config and schedule required).
-        device: where to train (default: CUDA if available, else CPU).
+        device: where to train (default: CUDA if available, else CPU); must be usable here.
         progress: show a tqdm progress bar with the running loss.
         command: the command line that started the run, recorded in ``config.json``.
-        metadata: extra JSON entries for ``config.json``.
+        metadata: extra JSON entries for ``config.json`` (see :func:`ddim_ode.io.check_extra_metadata`).
 
     Returns:
         A :class:`TrainResult` (EMA model, raw model, per-step losses, steps, wall time, final loss).
+
+    Raises:
+        ValueError: an argument of the wrong type or out of range (the message names it and the
+            allowed range), data that do not fit ``config``, or a checkpoint of another run.
+        TypeError: ``config`` or ``schedule`` of the wrong class.
+        OSError: ``out_dir`` cannot be created or written to.
     """
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if int(value) < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    for name, value in (("warmup_steps", warmup_steps), ("checkpoint_every", checkpoint_every)):
-        if int(value) < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
-    if grad_clip < 0 or weight_decay < 0:
-        raise ValueError(f"grad_clip and weight_decay must be >= 0, got {grad_clip}, {weight_decay}")
+    hp = _Hyperparameters(
+        steps, batch_size, lr, weight_decay, warmup_steps, ema_decay, grad_clip, seed, checkpoint_every
+    )
+    extra = _check_options(config, schedule, resume, progress, command, metadata)
+    dev = _check_device(device)
+    out = _check_out_dir(out_dir)
 
-    x = load_dataset(data)
-    n, c, h, w = x.shape
-    if config is None:
-        config = UNetConfig(in_channels=c, out_channels=c, resolution=h)
-    if config.in_channels != c or config.out_channels != c:
-        raise ValueError(
-            f"the data have {c} channels but config has in_channels={config.in_channels}, "
-            f"out_channels={config.out_channels}"
-        )
-    if h != w or h != config.resolution:
-        raise ValueError(
-            f"the data are {h}x{w} images but config.resolution={config.resolution}; "
-            "square images of that side are required"
-        )
-    if schedule is None:
-        schedule = DiscreteSchedule.linear(1e-4, 0.02, 1000)
-    if not isinstance(schedule, DiscreteSchedule):
-        raise TypeError(f"training needs a DiscreteSchedule (integer timesteps), got {type(schedule).__name__}")
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    hparams = {
-        "batch_size": int(batch_size),
-        "lr": float(lr),
-        "weight_decay": float(weight_decay),
-        "warmup_steps": int(warmup_steps),
-        "ema_decay": float(ema_decay),
-        "grad_clip": float(grad_clip),
-        "seed": int(seed),
-    }
-
-    gen = torch.Generator().manual_seed(int(seed))
-    model = UNet(config, generator=gen).to(dev)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    losses: list[float] = []
-    step, wall_before, rng_state = 0, 0.0, None
-
-    out = Path(out_dir) if out_dir is not None else None
+    x, config, schedule = _prepare_data(data, config, schedule)
+    run = _Run.start(config, hp, dev)
+    identity = {"config": config.to_dict(), "schedule": schedule_to_dict(schedule), "hparams": hp.record()}
     ckpt_path = out / CHECKPOINT_FILE if out is not None else None
+    if ckpt_path is not None and resume and ckpt_path.is_file():
+        _resume(run, ckpt_path, identity)
+
+    wall = _optimise(run, x, schedule, hp, dev, ckpt_path, identity, progress)
+    run.ema.eval()
+    final_loss = float(np.mean(run.losses[-500:])) if run.losses else float("nan")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        if resume and ckpt_path is not None and ckpt_path.is_file():
-            ckpt = _torch_load_safe(ckpt_path)
-            if ckpt.get("config") != config.to_dict():
-                raise ValueError(
-                    f"{ckpt_path} was written for config {ckpt.get('config')}, not {config.to_dict()}; "
-                    "use another out_dir or resume=False"
-                )
-            if ckpt.get("schedule") != schedule_to_dict(schedule):
-                raise ValueError(
-                    f"{ckpt_path} was written for another schedule ({ckpt['schedule']}); "
-                    "use another out_dir or resume=False"
-                )
-            model.load_state_dict(ckpt["model"])
-            ema.load_state_dict(ckpt["ema"])
-            opt.load_state_dict(ckpt["optimizer"])
-            gen.set_state(ckpt["generator"])
-            losses = [float(v) for v in ckpt["losses"]]
-            step, wall_before, rng_state = int(ckpt["step"]), float(ckpt["wall_time_s"]), ckpt["rng"]
+        training = _training_record(command, run, wall, final_loss, dev, hp)
+        _save_outputs(out, run, config, schedule, {"data": _data_metadata(data, x), "training": training, **extra})
+    return TrainResult(run.ema, run.model, run.losses, run.step, wall, final_loss, out, schedule)
 
-    sqrt_ab = schedule.alphas_cumprod.sqrt().to(torch.float32)
-    sqrt_1m_ab = (1.0 - schedule.alphas_cumprod).sqrt().to(torch.float32)
-    num_t = schedule.num_timesteps
-    x = x.to(torch.float32)
-
-    def lr_at(k: int) -> float:
-        return lr * min(1.0, (k + 1) / warmup_steps) if warmup_steps else lr
-
-    def write_checkpoint(wall: float) -> None:
-        assert ckpt_path is not None
-        state = {
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": opt.state_dict(),
-            "generator": gen.get_state(),
-            "rng": _global_rng_state(dev),
-            "losses": list(losses),
-            "step": step,
-            "wall_time_s": wall,
-            "config": config.to_dict(),
-            "schedule": schedule_to_dict(schedule),
-            "hparams": hparams,
-        }
-        _atomic_write_bytes(ckpt_path, lambda tmp: torch.save(state, tmp))
-
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    model.train()
-    with _forked_rng(dev, int(seed), rng_state):
-        bar = tqdm(total=steps, initial=min(step, steps), disable=not progress, desc="train", dynamic_ncols=True)
-        while step < steps:
-            idx = torch.randint(n, (batch_size,), generator=gen)
-            t = torch.randint(num_t, (batch_size,), generator=gen)
-            eps = torch.randn((batch_size, c, h, w), generator=gen)
-            x0 = x[idx]
-            x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1m_ab[t].view(-1, 1, 1, 1) * eps
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
-            loss = F.mse_loss(model(x_t.to(dev), t.to(dev, torch.float32)), eps.to(dev))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            opt.step()
-            decay = min(ema_decay, (1.0 + step) / (10.0 + step))
-            with torch.no_grad():
-                for p_ema, p in zip(ema.parameters(), model.parameters()):
-                    p_ema.lerp_(p, 1.0 - decay)
-                for b_ema, b in zip(ema.buffers(), model.buffers()):
-                    b_ema.copy_(b)
-            losses.append(float(loss.detach()))
-            step += 1
-            bar.update(1)
-            if step % 10 == 0 or step == steps:
-                bar.set_postfix(loss=f"{np.mean(losses[-100:]):.4f}")
-            if ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0 and step < steps:
-                write_checkpoint(wall_before + time.perf_counter() - start)
-        bar.close()
-        wall = wall_before + time.perf_counter() - start
-        if ckpt_path is not None:
-            write_checkpoint(wall)
-
-    ema.eval()
-    final_loss = float(np.mean(losses[-500:])) if losses else float("nan")
-    if out is not None:
-        training = {
-            "objective": "DDPM epsilon-prediction MSE (Ho et al. 2020)",
-            "command": command,
-            "steps": step,
-            "wall_time_s": round(wall, 1),
-            "final_loss": round(final_loss, 6),
-            "final_loss_definition": "mean training loss over the last min(500, steps) steps",
-            "weights": "EMA",
-            "device": str(dev),
-            "torch_threads": torch.get_num_threads(),
-            "torch_version": torch.__version__,
-            **hparams,
-        }
-        save_model(
-            out, ema, config, schedule, {"data": _data_metadata(data, x), "training": training, **dict(metadata or {})}
-        )
-        save_loss_plot(losses, out / LOSS_PLOT_FILE)
-    return TrainResult(ema, model, losses, step, wall, final_loss, out, schedule)
-
-
-# ----------------------------------------------------------------------------------------------
-# presets and the command line
 
 #: named training set-ups; ``digits`` is the shipped default model
 PRESETS: dict[str, dict[str, Any]] = {
@@ -379,21 +553,34 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+_HYPERPARAMETER_FLAGS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "ema_decay",
+    "grad_clip",
+    "seed",
+    "checkpoint_every",
+)
+_ARCHITECTURE_FLAGS = ("base_channels", "channel_mults", "num_res_blocks", "dropout")
+
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Train a DDPM UNet ε-network.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set-up (other flags override it)")
     p.add_argument("--data", help="'digits', a .npy/.npz file or a folder of PNG images")
-    p.add_argument("--out-dir", required=True, help="output directory (model, checkpoint, loss.png)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--ema-decay", type=float)
-    p.add_argument("--grad-clip", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--out-dir", required=True, help="output directory (model, checkpoint, loss.png); must be writable")
+    p.add_argument("--steps", type=int, help="total optimisation steps (>= 1)")
+    p.add_argument("--batch-size", type=int, help=f"images per step (1 to {MAX_BATCH_SIZE})")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (> 0)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (>= 0)")
+    p.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warm-up (>= 0)")
+    p.add_argument("--ema-decay", type=float, help="EMA decay, in [0, 1)")
+    p.add_argument("--grad-clip", type=float, help="maximal gradient norm (>= 0; 0: no clipping)")
+    p.add_argument("--seed", type=int, help="seed of the run's generator (>= 0)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (>= 0; 0: only at the end)")
     p.add_argument("--base-channels", type=int)
     p.add_argument("--channel-mults", type=lambda s: tuple(int(v) for v in s.split(",")), help="e.g. 1,2")
     p.add_argument("--num-res-blocks", type=int)
@@ -401,61 +588,65 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--no-attention", action="store_true")
     p.add_argument("--schedule", choices=("linear", "cosine"), help="DDPM linear or cosine discrete schedule")
     p.add_argument("--num-timesteps", type=int)
-    p.add_argument("--beta-start", type=float)
-    p.add_argument("--beta-end", type=float)
+    p.add_argument("--beta-start", type=float, help="first beta of the linear schedule, in (0, 1)")
+    p.add_argument("--beta-end", type=float, help="last beta of the linear schedule, in (0, 1)")
     p.add_argument("--device")
-    p.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
+    p.add_argument("--threads", type=int, help=f"torch CPU threads (torch.set_num_threads), 1 to {MAX_THREADS}")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _schedule_from_args(args: argparse.Namespace, preset: tuple[str, float, float, int]) -> Schedule:
+    """The preset's schedule with the command line's overrides, checked by :func:`ddim_ode.io.schedule_from_dict`."""
+    kind, beta_start, beta_end, num = preset
+    kind = args.schedule or kind
+    num = args.num_timesteps if args.num_timesteps is not None else num
+    if kind == "cosine":
+        if args.beta_start is not None or args.beta_end is not None:
+            raise ValueError("--beta-start and --beta-end set the linear schedule; the cosine schedule has no betas")
+        return schedule_from_dict({"type": "discrete", "kind": "cosine", "num_timesteps": num})
+    beta_start = args.beta_start if args.beta_start is not None else beta_start
+    beta_end = args.beta_end if args.beta_end is not None else beta_end
+    spec = {"type": "discrete", "kind": "linear", "beta_start": beta_start, "beta_end": beta_end, "num_timesteps": num}
+    return schedule_from_dict(spec)
+
+
+def _train_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`train`: the preset (if any) with the command line's overrides."""
+    kw: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
+    kw.setdefault("data", "digits")
+    if args.data is not None:
+        kw["data"] = args.data
+    kw.update({name: getattr(args, name) for name in _HYPERPARAMETER_FLAGS if getattr(args, name) is not None})
+    arch = {name: getattr(args, name) for name in _ARCHITECTURE_FLAGS if getattr(args, name) is not None}
+    if args.no_attention:
+        arch["attention"] = False
+    if arch:
+        base = kw.get("config")
+        if base is None:  # the default architecture is sized by the data: read them, once the run can be saved
+            _check_out_dir(args.out_dir)
+            x = load_dataset(kw["data"])
+            base = UNetConfig(in_channels=x.shape[1], out_channels=x.shape[1], resolution=x.shape[2])
+        kw["config"] = replace(base, **arch)
+    kw["schedule"] = _schedule_from_args(args, kw.pop("schedule", ("linear", 1e-4, 0.02, 1000)))
+    return kw
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m ddim_ode.train") -> TrainResult:
     """Command line: ``python -m ddim_ode.train --preset digits --out-dir DIR [overrides]``.
 
     ``prog`` is the program name shown in ``--help`` and recorded (with the arguments) as the
-    training command in ``config.json``.
+    training command in ``config.json``. Bad values raise ``ValueError`` (or ``OSError`` for an
+    output directory that cannot be written) naming the argument and its allowed range, before
+    any training work starts.
     """
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = _parser(prog).parse_args(args_list)
-    kw: dict[str, Any] = dict(PRESETS[args.preset]) if args.preset else {}
-    kw.setdefault("data", "digits")
-    if args.data is not None:
-        kw["data"] = args.data
-    for name in (
-        "steps",
-        "batch_size",
-        "lr",
-        "weight_decay",
-        "warmup_steps",
-        "ema_decay",
-        "grad_clip",
-        "seed",
-        "checkpoint_every",
-    ):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    arch = {
-        k: getattr(args, k)
-        for k in ("base_channels", "channel_mults", "num_res_blocks", "dropout")
-        if getattr(args, k) is not None
-    }
-    if args.no_attention:
-        arch["attention"] = False
-    if arch:
-        base = kw.get("config")
-        if base is None:
-            x = load_dataset(kw["data"])
-            base = UNetConfig(in_channels=x.shape[1], out_channels=x.shape[1], resolution=x.shape[2])
-        kw["config"] = replace(base, **arch)
-    kind, b0, b1, num = kw.pop("schedule", ("linear", 1e-4, 0.02, 1000))
-    kind = args.schedule or kind
-    num = args.num_timesteps or num
-    b0 = args.beta_start if args.beta_start is not None else b0
-    b1 = args.beta_end if args.beta_end is not None else b1
-    kw["schedule"] = DiscreteSchedule.linear(b0, b1, num) if kind == "linear" else DiscreteSchedule.cosine(num)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    threads = check_int("threads", args.threads, 1, MAX_THREADS) if args.threads is not None else None
+    kw = _train_arguments(args)
+    if threads is not None:
+        torch.set_num_threads(threads)
     command = " ".join([prog, *(shlex.quote(a) for a in args_list)])
     result = train(
         out_dir=args.out_dir,

@@ -23,6 +23,7 @@ the schedule's units; fractional ``t`` is fine, the embedding is evaluated in fl
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -31,7 +32,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["UNet", "UNetConfig", "timestep_embedding"]
+from ._checks import check_bool, check_float, check_int
+
+__all__ = [
+    "UNet",
+    "UNetConfig",
+    "timestep_embedding",
+    "MAX_IMAGE_CHANNELS",
+    "MAX_BASE_CHANNELS",
+    "MAX_WIDTH",
+    "MAX_LEVELS",
+    "MAX_RES_BLOCKS",
+    "MAX_RESOLUTION",
+]
+
+#: bounds of a :class:`UNetConfig`: image channels, first-level width, width of any level,
+#: resolution levels (``len(channel_mults)``), residual blocks per level, image side
+MAX_IMAGE_CHANNELS = 64
+MAX_BASE_CHANNELS = 1024
+MAX_WIDTH = 4096
+MAX_LEVELS = 8
+MAX_RES_BLOCKS = 16
+MAX_RESOLUTION = 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,13 @@ class UNetConfig:
             downsampling factor ``2**(len(channel_mults) − 1)``. The network is convolutional and
             runs on any side with that divisibility.
         norm_groups: groups of every GroupNorm; must divide every width.
+
+    Every field is checked on construction, type and range (``ValueError`` naming the field):
+    ``in_channels``/``out_channels`` in ``[1, MAX_IMAGE_CHANNELS]``, ``base_channels`` in
+    ``[1, MAX_BASE_CHANNELS]``, one to ``MAX_LEVELS`` ``channel_mults`` with every width at most
+    ``MAX_WIDTH``, ``num_res_blocks`` in ``[1, MAX_RES_BLOCKS]``, ``resolution`` in
+    ``[1, MAX_RESOLUTION]``, ``dropout`` in ``[0, 1)``, ``attention`` a bool. The bounds are generous
+    for this architecture and keep a hostile description from asking for gigabytes.
     """
 
     in_channels: int = 1
@@ -63,26 +92,39 @@ class UNetConfig:
     norm_groups: int = 8
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
-        for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks", "resolution", "norm_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
-        if not self.channel_mults or any(m < 1 for m in self.channel_mults):
+        name = type(self).__name__
+        for field_name, high in (
+            ("in_channels", MAX_IMAGE_CHANNELS),
+            ("out_channels", MAX_IMAGE_CHANNELS),
+            ("base_channels", MAX_BASE_CHANNELS),
+            ("num_res_blocks", MAX_RES_BLOCKS),
+            ("resolution", MAX_RESOLUTION),
+            ("norm_groups", MAX_WIDTH),
+        ):
+            object.__setattr__(self, field_name, check_int(f"{name}.{field_name}", getattr(self, field_name), 1, high))
+        mults = self.channel_mults
+        if isinstance(mults, (list, tuple)) and 1 <= len(mults) <= MAX_LEVELS:
+            mults = tuple(check_int(f"{name}.channel_mults[{i}]", m, 1, MAX_WIDTH) for i, m in enumerate(mults))
+        else:
             raise ValueError(
-                f"UNetConfig.channel_mults must be a non-empty tuple of positive integers, got {self.channel_mults}"
+                f"{name}.channel_mults must be a list of 1 to {MAX_LEVELS} positive integers, got {reprlib.repr(mults)}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"UNetConfig.dropout must lie in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "channel_mults", mults)
+        check_bool(f"{name}.attention", self.attention)
+        object.__setattr__(self, "dropout", check_float(f"{name}.dropout", self.dropout, 0.0, 1.0, high_open=True))
+        if max(self.widths) > MAX_WIDTH:
+            raise ValueError(
+                f"{name}: every width base_channels * channel_mults must be <= {MAX_WIDTH}, got {list(self.widths)}"
+            )
         for width in self.widths:
             if width % self.norm_groups:
                 raise ValueError(
-                    f"UNetConfig.norm_groups={self.norm_groups} must divide every width {list(self.widths)} "
+                    f"{name}.norm_groups={self.norm_groups} must divide every width {list(self.widths)} "
                     f"(base_channels * channel_mults)"
                 )
         if self.resolution % self.downsample_factor:
             raise ValueError(
-                f"UNetConfig.resolution={self.resolution} must be divisible by the downsampling factor "
+                f"{name}.resolution={self.resolution} must be divisible by the downsampling factor "
                 f"{self.downsample_factor} = 2**(len(channel_mults) - 1)"
             )
 
@@ -104,14 +146,13 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> UNetConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming the allowed ones."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a UNetConfig is described by a mapping of its fields, got {type(d).__name__}")
         allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - allowed)
+        unknown = sorted(set(d) - allowed, key=str)
         if unknown:
             raise ValueError(f"unknown UNetConfig keys {unknown}; allowed: {sorted(allowed)}")
-        kwargs = dict(d)
-        if "channel_mults" in kwargs:
-            kwargs["channel_mults"] = tuple(kwargs["channel_mults"])
-        return cls(**kwargs)
+        return cls(**d)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -199,6 +240,17 @@ class UNet(nn.Module):
         with torch.random.fork_rng(devices=[], enabled=generator is not None):
             self._build(cfg)
         self.reset_parameters(generator)
+
+    @classmethod
+    def state_dict_shapes(cls, config: UNetConfig) -> dict[str, tuple[int, ...]]:
+        """The names and shapes of the state dict of a UNet of architecture ``config``, in order.
+
+        The network is built on the ``meta`` device, so nothing is allocated: a loader compares
+        these with the shapes in a weights file's header before it builds anything.
+        """
+        with torch.device("meta"):
+            net = cls(config)
+        return {name: tuple(tensor.shape) for name, tensor in net.state_dict().items()}
 
     def _build(self, cfg: UNetConfig) -> None:
         widths, groups = cfg.widths, cfg.norm_groups

@@ -8,6 +8,7 @@ import pickle
 
 import pytest
 import torch
+from test_unet import TINY, randomised_unet
 
 from ddim_ode import io
 from ddim_ode.io import (
@@ -18,6 +19,7 @@ from ddim_ode.io import (
     load_diffusers_unet,
     load_model,
     load_torch_state_dict,
+    load_weights_only,
     save_model,
     schedule_from_dict,
     schedule_to_dict,
@@ -25,16 +27,8 @@ from ddim_ode.io import (
 from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule
 from ddim_ode.unet import UNet, UNetConfig
 
-TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4)
-
-
-def _model(config: UNetConfig = TINY, seed: int = 0) -> UNet:
-    g = torch.Generator().manual_seed(seed)
-    model = UNet(config, generator=g)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
+#: the description of DiscreteSchedule.linear()
+LINEAR = {"type": "discrete", "kind": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000}
 
 
 def _inputs():
@@ -44,7 +38,7 @@ def _inputs():
 
 @pytest.fixture
 def saved(tmp_path):
-    model = _model()
+    model = randomised_unet()
     path = save_model(tmp_path / "m", model, schedule=DiscreteSchedule.linear(), extra_metadata={"data": {"x": 1}})
     return path, model
 
@@ -63,13 +57,7 @@ def test_round_trip(saved):
     assert torch.equal(loaded(x, t), model(x, t))
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     assert torch.equal(schedule.alphas_cumprod, DiscreteSchedule.linear().alphas_cumprod)
-    assert meta["schedule"] == {
-        "type": "discrete",
-        "kind": "linear",
-        "beta_start": 1e-4,
-        "beta_end": 0.02,
-        "num_timesteps": 1000,
-    }
+    assert meta["schedule"] == LINEAR
     assert meta["prediction"] == "eps" and meta["data"] == {"x": 1} and meta["unet"] == TINY.to_dict()
     assert meta["sample_shape"] == [1, 8, 8]
     # the config file or the weights file name the model as well
@@ -123,17 +111,75 @@ def test_schedule_from_dict_errors():
     )
 
 
+#: schedule descriptions that are refused before anything is built, and what the one-line ValueError says
+BAD_SCHEDULES = {
+    "a-string": ("linear", r"a schedule is described by an object with 'type' and 'kind', got 'linear'"),
+    "type-a-list": ({"type": [], "kind": "linear"}, r"unknown schedule type \[\]; allowed: discrete, continuous"),
+    "unknown-entry": ({**LINEAR, "beta_mid": 0.01}, r"unknown entries \['beta_mid'\] in a discrete linear schedule"),
+    "num-timesteps-huge": (
+        {**LINEAR, "num_timesteps": 10**9},
+        r"schedule\.num_timesteps must be an integer in \[2, 100000\], got 1000000000",
+    ),
+    "num-timesteps-bool": ({**LINEAR, "num_timesteps": True}, r"schedule\.num_timesteps must be an integer"),
+    "beta-a-string": ({**LINEAR, "beta_end": "0.02"}, r"schedule\.beta_end must be a finite number in \(0, 1\)"),
+    "beta-inf": ({**LINEAR, "beta_start": float("inf")}, r"schedule\.beta_start must be a finite number"),
+    "cosine-s-negative": (
+        {"kind": "cosine", "num_timesteps": 100, "s": -1},
+        r"schedule\.s must be a finite number in \(0, 1\], got -1",
+    ),
+    "betas-out-of-range": ({"kind": "betas", "betas": [0.1, 1.5]}, r"schedule\.betas\[1\] must be .* in \(0, 1\)"),
+    "betas-nested": ({"kind": "betas", "betas": [[0.1], [0.2]]}, r"schedule\.betas\[0\] must be a finite number"),
+    "betas-too-many": (
+        {"kind": "betas", "betas": [0.01] * 100_001},
+        r"schedule\.betas must be a list of 2 to 100000 numbers",
+    ),
+    "alphas-cumprod-a-dict": (
+        {"kind": "alphas_cumprod", "alphas_cumprod": {"0": 0.5}},
+        r"schedule\.alphas_cumprod must be a list of 2 to 100000 numbers",
+    ),
+    "continuous-beta-max": (
+        {"type": "continuous", "kind": "linear", "beta_min": 0.1, "beta_max": 1e6},
+        r"schedule\.beta_max must be a finite number in \(0, 100\], got 1000000\.0",
+    ),
+    "continuous-t-max": (
+        {"type": "continuous", "kind": "cosine", "t_max": 5.0},
+        r"schedule\.t_max must be a finite number in \[0, 1\], got 5\.0",
+    ),
+    "continuous-s-zero": ({"type": "continuous", "kind": "cosine", "s": 0.0}, r"schedule\.s must be .* in \(0, 1\]"),
+}
+
+
+@pytest.mark.parametrize(("spec", "match"), BAD_SCHEDULES.values(), ids=BAD_SCHEDULES.keys())
+def test_schedule_descriptions_are_checked_before_building(monkeypatch, spec, match):
+    monkeypatch.setattr(io, "_build_schedule", lambda *args: pytest.fail("a schedule was built"))
+    with pytest.raises(ValueError, match=match) as err:
+        schedule_from_dict(spec)
+    assert "\n" not in str(err.value)
+
+
+def test_schedules_whose_sigma_would_be_zero_or_infinite_are_refused():
+    with pytest.raises(ValueError, match="sigma = 0 or infinity"):  # alpha_bar underflows to 0
+        schedule_from_dict({**LINEAR, "beta_start": 0.9, "beta_end": 0.99, "num_timesteps": 100_000})
+    with pytest.raises(ValueError, match="sigma = 0 or infinity"):  # alpha_bar rounds to 1
+        schedule_from_dict({"kind": "betas", "betas": [1e-300, 1e-300]})
+    assert schedule_from_dict({**LINEAR, "beta_end": 2e-4, "num_timesteps": 100_000}).num_timesteps == 100_000
+
+
 def test_save_model_errors(tmp_path):
     with pytest.raises(ValueError, match="schedule"):
-        save_model(tmp_path, _model())
+        save_model(tmp_path, randomised_unet())
     with pytest.raises(ValueError, match="reserved"):
-        save_model(tmp_path, _model(), schedule=DiscreteSchedule.linear(), extra_metadata={"unet": {}})
+        save_model(tmp_path, randomised_unet(), schedule=DiscreteSchedule.linear(), extra_metadata={"unet": {}})
     with pytest.raises(ValueError, match="allowed: eps, x0, v"):
-        save_model(tmp_path, _model(), schedule=DiscreteSchedule.linear(), prediction="epsilon")
+        save_model(tmp_path, randomised_unet(), schedule=DiscreteSchedule.linear(), prediction="epsilon")
     with pytest.raises(ValueError, match="does not describe"):
-        save_model(tmp_path, _model(), UNetConfig(), DiscreteSchedule.linear())
+        save_model(tmp_path, randomised_unet(), UNetConfig(), DiscreteSchedule.linear())
     with pytest.raises(TypeError, match="UNet"):
         save_model(tmp_path, torch.nn.Linear(2, 2), schedule=DiscreteSchedule.linear())
+    with pytest.raises(ValueError, match=r"strict JSON \(no NaN or infinity\)"):
+        save_model(tmp_path, randomised_unet(), schedule=DiscreteSchedule.linear(), extra_metadata={"x": float("nan")})
+    with pytest.raises(ValueError, match="string keys"):
+        save_model(tmp_path, randomised_unet(), schedule=DiscreteSchedule.linear(), extra_metadata={1: "x"})
     assert not any(tmp_path.iterdir())  # nothing written on a failed call
 
 
@@ -148,7 +194,7 @@ def test_a_failed_save_leaves_the_previous_model_intact(saved, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken)
     with pytest.raises(OSError, match="disk full"):
-        save_model(path, _model(seed=5), schedule=DiscreteSchedule.linear())
+        save_model(path, randomised_unet(seed=5), schedule=DiscreteSchedule.linear())
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     x, t = _inputs()
     assert torch.equal(load_model(path).model(x, t), model(x, t))
@@ -178,37 +224,102 @@ def test_missing_files(saved, tmp_path):
         load_model(path)
 
 
-def test_bad_config_json(saved):
+@pytest.mark.parametrize(
+    "text",
+    ["{not json", '{"unet": ' + "[" * 100_000 + "]" * 100_000 + "}", '{"format_version": ' + "9" * 5000 + "}"],
+    ids=["syntax", "nested-too-deeply", "huge-integer"],
+)
+def test_unreadable_config_json(saved, text):
     path, _ = saved
-    config = path / "config.json"
-    doc = json.loads(config.read_text())
-    config.write_text("{not json")
-    with pytest.raises(ModelFormatError, match="not valid JSON"):
+    (path / "config.json").write_text(text)
+    with pytest.raises(ModelFormatError, match=r"config\.json is not valid JSON") as err:
         load_model(path)
-    config.write_text(json.dumps({**doc, "format": "something"}))
-    with pytest.raises(ModelFormatError, match="not a ddim_ode model config"):
-        load_model(path)
-    config.write_text(json.dumps({**doc, "unet": {**doc["unet"], "heads": 2}}))
-    with pytest.raises(ModelFormatError, match="unknown UNetConfig keys"):
-        load_model(path)
-    config.write_text(json.dumps({k: v for k, v in doc.items() if k != "schedule"}))
-    with pytest.raises(ModelFormatError, match="schedule"):
-        load_model(path)
+    assert "\n" not in str(err.value)
 
 
-def test_weights_for_another_architecture_name_the_parameter(saved):
+def _unet(**changes):
+    return lambda doc: {**doc, "unet": {**doc["unet"], **changes}}
+
+
+def _schedule(spec):
+    return lambda doc: {**doc, "schedule": spec}
+
+
+#: a change to config.json, and what the one-line ModelFormatError must say
+BAD_CONFIGS = {
+    "format": (lambda doc: {**doc, "format": "something"}, "not a ddim_ode model config"),
+    "no-schedule": (lambda doc: {k: v for k, v in doc.items() if k != "schedule"}, "lacks the entry 'schedule'"),
+    "format-version-type": (lambda doc: {**doc, "format_version": "1"}, r"format_version must be an integer >= 1"),
+    "format-version-newer": (lambda doc: {**doc, "format_version": 2}, "newer than supported"),
+    "prediction": (lambda doc: {**doc, "prediction": ["eps"]}, r"unknown prediction \['eps'\]; allowed: eps, x0, v"),
+    "unet-unknown-key": (_unet(heads=2), "unknown UNetConfig keys"),
+    "unet-not-an-object": (lambda doc: {**doc, "unet": [1, 2]}, "UNetConfig is described by a mapping"),
+    "base-channels": (
+        _unet(base_channels=8192),
+        r"config\.json: UNetConfig\.base_channels must be an integer in \[1, 1024\], got 8192$",
+    ),
+    "resolution": (
+        _unet(resolution=100_000),
+        r"config\.json: UNetConfig\.resolution must be an integer in \[1, 1024\]",
+    ),
+    "channel-mults": (_unet(channel_mults="12"), r"UNetConfig\.channel_mults must be a list of 1 to 8 positive"),
+    "num-timesteps": (
+        _schedule({**LINEAR, "num_timesteps": 1e9}),
+        r"config\.json: schedule\.num_timesteps must be an integer in \[2, 100000\], got 1000000000\.0$",
+    ),
+    "cosine-s": (
+        _schedule({"type": "discrete", "kind": "cosine", "num_timesteps": 1000, "s": -1}),
+        r"config\.json: schedule\.s must be a finite number in \(0, 1\], got -1$",
+    ),
+    "schedule-a-string": (
+        _schedule("linear"),
+        r"config\.json: a schedule is described by an object with 'type' and 'kind', got 'linear'$",
+    ),
+    "beta-nan": (
+        _schedule({**LINEAR, "beta_start": float("nan")}),
+        r"schedule\.beta_start must be a finite number in \(0, 1\), got nan$",
+    ),
+    # the architecture is checked against the shapes in the safetensors header
+    "wider": (_unet(base_channels=16), r"parameter 'time_mlp\.0\.weight' has shape \(32, 8\) in the file"),
+    "deeper": (_unet(num_res_blocks=2), "another architecture: missing"),
+    "no-attention": (_unet(attention=False), "unexpected parameters"),
+    "gigabytes": (_unet(base_channels=1024, channel_mults=[1, 4], num_res_blocks=8, norm_groups=8), "another archi"),
+}
+
+
+@pytest.mark.parametrize(("change", "match"), BAD_CONFIGS.values(), ids=BAD_CONFIGS.keys())
+def test_a_bad_config_is_refused_before_anything_is_built(saved, monkeypatch, change, match):
     path, _ = saved
     config = path / "config.json"
-    doc = json.loads(config.read_text())
-    config.write_text(json.dumps({**doc, "unet": {**doc["unet"], "base_channels": 16}}))
-    with pytest.raises(ModelFormatError, match=r"parameter 'time_mlp\.0\.weight' has shape \(32, 8\) in the file"):
+    config.write_text(json.dumps(change(json.loads(config.read_text()))))
+    build_network = UNet._build
+
+    def build_on_meta_only(self, cfg):  # fails before a real network takes any memory
+        if torch.get_default_device().type != "meta":
+            pytest.fail(f"a network was built before the config was checked: {cfg}")
+        build_network(self, cfg)
+
+    monkeypatch.setattr(UNet, "_build", build_on_meta_only)
+    monkeypatch.setattr(io, "_build_schedule", lambda *args: pytest.fail("a schedule was built"))
+    with pytest.raises(ModelFormatError, match=match) as err:
         load_model(path)
-    config.write_text(json.dumps({**doc, "unet": {**doc["unet"], "num_res_blocks": 2}}))
-    with pytest.raises(ModelFormatError, match="another architecture: missing"):
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused(saved, tmp_path, bad):
+    from safetensors.torch import load_file, save_file
+
+    path, _ = saved
+    state = load_file(path / "model.safetensors")
+    state["mid.1.qkv.weight"][3, 0] = bad
+    save_file(state, path / "model.safetensors")
+    match = r"model\.safetensors: parameter 'mid\.1\.qkv\.weight' holds NaN or infinite values"
+    with pytest.raises(ModelFormatError, match=match):
         load_model(path)
-    config.write_text(json.dumps({**doc, "unet": {**doc["unet"], "attention": False}}))
-    with pytest.raises(ModelFormatError, match="unexpected parameters"):
-        load_model(path)
+    torch.save(state, tmp_path / "sd.pt")
+    with pytest.raises(ModelFormatError, match=r"sd\.pt: parameter 'mid\.1\.qkv\.weight' holds NaN"):
+        load_torch_state_dict(tmp_path / "sd.pt", TINY)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -216,11 +327,11 @@ def test_weights_for_another_architecture_name_the_parameter(saved):
 
 
 def test_state_dict_loads_weights_only(tmp_path):
-    model = _model()
+    model = randomised_unet()
     x, t = _inputs()
     torch.save(model.state_dict(), tmp_path / "sd.pt")
     assert torch.equal(load_torch_state_dict(tmp_path / "sd.pt", TINY)(x, t), model(x, t))
-    other = _model(seed=9)
+    other = randomised_unet(seed=9)
     torch.save({"ema": model.state_dict(), "model": other.state_dict(), "step": 3}, tmp_path / "ckpt.pt")
     assert torch.equal(load_torch_state_dict(tmp_path / "ckpt.pt", TINY)(x, t), model(x, t))
     with pytest.raises(ModelFormatError, match="another architecture"):
@@ -257,6 +368,8 @@ def test_a_code_executing_pickle_is_refused(tmp_path):
     payload, marker = _malicious(tmp_path, "evil.pt")
     with pytest.raises(ModelFormatError, match="refusing to load .*could execute code"):
         load_torch_state_dict(payload, TINY)
+    with pytest.raises(ModelFormatError, match="refusing to load .*could execute code"):
+        load_weights_only(payload)
     assert not marker.exists()
 
 
@@ -383,6 +496,14 @@ def test_diffusers_errors(tmp_path):
         load_diffusers_unet(root)
     (sched_dir / "scheduler_config.json").write_text(json.dumps({"prediction_type": "score"}))
     with pytest.raises(ModelFormatError, match="allowed: epsilon, v_prediction, sample"):
+        load_diffusers_unet(root)
+    (sched_dir / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 1e9}))
+    with pytest.raises(
+        ModelFormatError, match=r"scheduler_config\.json: num_train_timesteps must be an integer in \[2, 100000\]"
+    ):
+        load_diffusers_unet(root)
+    (sched_dir / "scheduler_config.json").write_text(json.dumps({"trained_betas": [0.1, "x"]}))
+    with pytest.raises(ModelFormatError, match=r"trained_betas\[1\] must be a finite number in \(0, 1\)"):
         load_diffusers_unet(root)
 
     config = root / "unet" / "config.json"

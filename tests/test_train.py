@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+from ddim_ode import train as train_module
 from ddim_ode.data import DIGITS_HELDOUT, load_array, load_dataset, load_digits, load_png_folder
 from ddim_ode.io import load_model
 from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule
@@ -101,7 +105,15 @@ def test_resume_refuses_another_architecture(tmp_path):
         ({"data": torch.zeros(4, 3, 8, 8)}, ValueError, "channels"),
         ({"data": torch.zeros(4, 1, 16, 16)}, ValueError, "resolution"),
         ({"data": torch.zeros(4, 8, 8)}, ValueError, r"\(N, C, H, W\)"),
+        (
+            {"data": torch.full((4, 1, 8, 8), float("nan"))},
+            ValueError,
+            "in-memory data: the images contain NaN or infinite values",
+        ),
+        ({"data": torch.zeros(0, 1, 8, 8)}, ValueError, r"in-memory data: .*every size >= 1, got \(0, 1, 8, 8\)"),
+        ({"data": torch.full((4, 1, 8, 8), 3.0)}, ValueError, r"scaled to \[-1, 1\], found values in \[3, 3\]"),
         ({"schedule": ContinuousSchedule.linear()}, TypeError, "DiscreteSchedule"),
+        ({"config": TINY.to_dict()}, TypeError, "config must be a UNetConfig or None, got dict"),
         ({"steps": 0}, ValueError, "steps"),
         ({"ema_decay": 1.0}, ValueError, "ema_decay"),
         ({"lr": 0.0}, ValueError, "lr"),
@@ -110,6 +122,79 @@ def test_resume_refuses_another_architecture(tmp_path):
 def test_train_rejects_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         _fit(**kwargs)
+
+
+#: arguments of train() that are refused before anything is created, loaded or built
+BAD_ARGUMENTS = {
+    "steps-negative": ({"steps": -5}, r"^steps must be an integer >= 1, got -5$"),
+    "steps-float": ({"steps": 2.5}, r"^steps must be an integer >= 1, got 2\.5$"),
+    "steps-bool": ({"steps": True}, r"^steps must be an integer >= 1, got True$"),
+    "batch-size-zero": ({"batch_size": 0}, r"^batch_size must be an integer in \[1, 65536\], got 0$"),
+    "batch-size-huge": ({"batch_size": 10**9}, r"^batch_size must be an integer in \[1, 65536\]"),
+    "lr-nan": ({"lr": float("nan")}, r"^lr must be a finite number > 0, got nan$"),
+    "lr-inf": ({"lr": float("inf")}, r"^lr must be a finite number > 0, got inf$"),
+    "lr-string": ({"lr": "1e-3"}, r"^lr must be a finite number > 0, got '1e-3'$"),
+    "weight-decay": ({"weight_decay": -0.1}, r"^weight_decay must be a finite number >= 0, got -0\.1$"),
+    "warmup-steps": ({"warmup_steps": -1}, r"^warmup_steps must be an integer >= 0, got -1$"),
+    "ema-decay-nan": ({"ema_decay": float("nan")}, r"^ema_decay must be a finite number in \[0, 1\), got nan$"),
+    "grad-clip-nan": ({"grad_clip": float("nan")}, r"^grad_clip must be a finite number >= 0, got nan$"),
+    "seed-negative": ({"seed": -1}, r"^seed must be an integer in \[0, 9223372036854775807\], got -1$"),
+    "checkpoint-every": ({"checkpoint_every": -1}, r"^checkpoint_every must be an integer >= 0, got -1$"),
+    "resume": ({"resume": "yes"}, r"^resume must be true or false, got 'yes'$"),
+    "progress": ({"progress": 1}, r"^progress must be true or false, got 1$"),
+    "command": ({"command": 5}, r"^command must be a string or None, got 5$"),
+    "metadata-nan": ({"metadata": {"x": float("nan")}}, r"^extra_metadata must be strict JSON"),
+    "metadata-reserved": ({"metadata": {"unet": 1}}, r"^extra_metadata may not set the reserved keys \['unet'\]$"),
+    "device-unknown": ({"device": "tpu:9"}, r"^device 'tpu:9' is not usable here: "),
+    "device-meta": ({"device": "meta"}, r"^device 'meta' holds no data"),
+    "out-dir-type": ({"out_dir": 5}, r"^out_dir must be a directory path or None, got 5$"),
+}
+
+
+def _no_work(monkeypatch):
+    """Make loading data or building a network fail the test."""
+    monkeypatch.setattr(train_module, "load_dataset", lambda *args: pytest.fail("the data were loaded"))
+    monkeypatch.setattr(train_module, "UNet", lambda *args, **kw: pytest.fail("a network was built"))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_every_argument_is_checked_before_any_work(tmp_path, monkeypatch, kwargs, match):
+    _no_work(monkeypatch)
+    with pytest.raises(ValueError, match=match):
+        _fit(**{"out_dir": tmp_path / "run", **kwargs})
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unwritable_out_dir_is_refused_before_any_work(tmp_path, monkeypatch):
+    _no_work(monkeypatch)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(NotADirectoryError, match=r"^out_dir '.*a-file' is a file, not a directory$"):
+        _fit(out_dir=blocker)
+    with pytest.raises(NotADirectoryError, match=r"^out_dir '.*a-file/run' is not a writable directory: "):
+        _fit(out_dir=blocker / "run")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(train_module.tempfile, "mkstemp", read_only)  # a read-only folder, even for root
+    with pytest.raises(PermissionError, match=r"^out_dir '.*ro' is not a writable directory: Permission denied$"):
+        _fit(out_dir=tmp_path / "ro")
+    with pytest.raises(NotADirectoryError, match=r"^out_dir '.*a-file/cli' is not a writable directory: "):
+        main(["--out-dir", str(blocker / "cli"), "--base-channels", "8"])  # before the data are read to size the net
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "ro"]
+
+
+def test_resume_refuses_a_damaged_checkpoint(tmp_path):
+    _fit(out_dir=tmp_path, steps=2)
+    ckpt = torch.load(tmp_path / CHECKPOINT_FILE, weights_only=True)
+    del ckpt["optimizer"]
+    torch.save(ckpt, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is an incomplete or damaged training checkpoint \(KeyError"):
+        _fit(out_dir=tmp_path, steps=3)
+    torch.save([1, 2], tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is not a training checkpoint"):
+        _fit(out_dir=tmp_path, steps=3)
 
 
 def test_command_line_with_overrides(tmp_path, capsys):
@@ -139,6 +224,37 @@ def test_command_line_with_overrides(tmp_path, capsys):
     assert schedule.num_timesteps == 50
     assert model.config.base_channels == 8 and model.config.num_res_blocks == 1
     assert meta["training"]["command"].startswith("ddim-ode train --out-dir")
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--lr", "nan"], r"^lr must be a finite number > 0, got nan$"),
+        (["--steps", "-5"], r"^steps must be an integer >= 1, got -5$"),
+        (["--batch-size", "0"], r"^batch_size must be an integer in \[1, 65536\], got 0$"),
+        (["--num-timesteps", "0"], r"^schedule\.num_timesteps must be an integer in \[2, 100000\], got 0$"),
+        (["--num-timesteps", "1000000000"], r"^schedule\.num_timesteps must be an integer in \[2, 100000\]"),
+        (["--beta-start", "2"], r"^schedule\.beta_start must be a finite number in \(0, 1\), got 2\.0$"),
+        (["--schedule", "cosine", "--beta-end", "0.1"], r"^--beta-start and --beta-end set the linear schedule"),
+        (["--threads", "0"], r"^threads must be an integer in \[1, 1024\], got 0$"),
+        (["--base-channels", "8192"], r"^UNetConfig\.base_channels must be an integer in \[1, 1024\], got 8192$"),
+        (["--dropout", "nan"], r"^UNetConfig\.dropout must be a finite number in \[0, 1\), got nan$"),
+        (["--device", "nonsense"], r"^device 'nonsense' is not usable here"),
+    ],
+)
+def test_command_line_rejects_bad_values_before_any_work(tmp_path, monkeypatch, argv, match):
+    _no_work(monkeypatch)
+    threads = torch.get_num_threads()
+    with pytest.raises(ValueError, match=match):
+        main(["--preset", "digits", "--out-dir", str(tmp_path / "run"), "--no-progress", *argv])
+    assert torch.get_num_threads() == threads
+
+
+def test_ddim_ode_train_exits_with_the_message(tmp_path):
+    cmd = [sys.executable, "-m", "ddim_ode", "train", "--steps", "-5", "--out-dir", str(tmp_path / "run")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode != 0 and "steps must be an integer >= 1, got -5" in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def _save_npy(tmp_path):

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from ddim_ode.schedules import DiscreteSchedule
-from ddim_ode.unet import UNet, UNetConfig, timestep_embedding
+from ddim_ode.unet import MAX_BASE_CHANNELS, MAX_RESOLUTION, MAX_WIDTH, UNet, UNetConfig, timestep_embedding
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4)
 
 
-def _randomised(config: UNetConfig, seed: int = 0) -> UNet:
-    """A UNet whose zero-initialised layers are filled with noise, so outputs depend on inputs."""
+def randomised_unet(config: UNetConfig = TINY, seed: int = 0) -> UNet:
+    """A UNet whose zero-initialised layers are filled with noise, so outputs depend on inputs (eval mode)."""
     g = torch.Generator().manual_seed(seed)
     model = UNet(config, generator=g)
     with torch.no_grad():
@@ -43,7 +43,7 @@ def ddim_decode(model, schedule: DiscreteSchedule, noise: torch.Tensor, stride: 
 
 
 def test_forward_shape_dtype_and_float_timesteps():
-    model = _randomised(TINY)
+    model = randomised_unet(TINY)
     x = torch.randn(3, 1, 8, 8)
     t_int = torch.tensor([0, 500, 999])
     out = model(x, t_int)
@@ -58,7 +58,7 @@ def test_forward_shape_dtype_and_float_timesteps():
 
 
 def test_output_depends_continuously_on_fractional_t():
-    model = _randomised(TINY)
+    model = randomised_unet(TINY)
     x = torch.randn(2, 1, 8, 8)
     a, b, mid = model(x, torch.full((2,), 100.0)), model(x, torch.full((2,), 101.0)), model(x, torch.full((2,), 100.5))
     assert (mid - a).abs().max() < (b - a).abs().max() + 1e-6
@@ -74,7 +74,7 @@ def test_multichannel_non_square_and_float64():
         norm_groups=4,
         resolution=16,
     )
-    model = _randomised(cfg)
+    model = randomised_unet(cfg)
     x = torch.randn(2, 3, 16, 8)
     assert model(x, torch.tensor([1.0, 2.0])).shape == (2, 3, 16, 8)
     m64 = model.double()
@@ -83,7 +83,7 @@ def test_multichannel_non_square_and_float64():
 
 
 def test_batch_independence():
-    model = _randomised(TINY)
+    model = randomised_unet(TINY)
     x = torch.randn(4, 1, 8, 8)
     t = torch.tensor([10.0, 200.0, 300.5, 999.0])
     full = model(x, t)
@@ -92,7 +92,7 @@ def test_batch_independence():
 
 
 def test_gradient_flows_to_the_input():
-    model = _randomised(TINY)
+    model = randomised_unet(TINY)
     x = torch.randn(2, 1, 8, 8, requires_grad=True)
     model(x, torch.tensor([3.0, 4.0])).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -144,6 +144,60 @@ def test_config_round_trip_and_errors():
         UNetConfig(base_channels=0)
 
 
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        (
+            {"base_channels": 8192},
+            rf"UNetConfig\.base_channels must be an integer in \[1, {MAX_BASE_CHANNELS}\], got 8192",
+        ),
+        ({"resolution": 100000}, rf"UNetConfig\.resolution must be an integer in \[1, {MAX_RESOLUTION}\], got 100000"),
+        ({"in_channels": 0}, r"UNetConfig\.in_channels must be an integer in \[1, 64\], got 0"),
+        ({"num_res_blocks": 2.0}, r"UNetConfig\.num_res_blocks must be an integer in \[1, 16\], got 2\.0"),
+        ({"norm_groups": True}, r"UNetConfig\.norm_groups must be an integer"),
+        ({"channel_mults": "12"}, r"UNetConfig\.channel_mults must be a list of 1 to 8 positive integers, got '12'"),
+        ({"channel_mults": []}, r"UNetConfig\.channel_mults must be a list of 1 to 8"),
+        ({"channel_mults": [1] * 9}, r"UNetConfig\.channel_mults must be a list of 1 to 8"),
+        ({"channel_mults": [1, 2.5]}, r"UNetConfig\.channel_mults\[1\] must be an integer in \[1, 4096\], got 2\.5"),
+        (
+            {"base_channels": 1024, "channel_mults": [1, 8]},
+            rf"every width .* must be <= {MAX_WIDTH}, got \[1024, 8192\]",
+        ),
+        ({"dropout": float("nan")}, r"UNetConfig\.dropout must be a finite number in \[0, 1\), got nan"),
+        ({"attention": "yes"}, r"UNetConfig\.attention must be true or false, got 'yes'"),
+    ],
+)
+def test_config_fields_are_checked_for_type_and_range(changes, match):
+    with pytest.raises(ValueError, match=match) as err:
+        UNetConfig.from_dict({**TINY.to_dict(), **changes})
+    assert "\n" not in str(err.value)
+
+
+def test_config_from_something_else_than_a_mapping():
+    with pytest.raises(ValueError, match="mapping of its fields, got list"):
+        UNetConfig.from_dict([["base_channels", 8]])
+
+
+def test_state_dict_shapes_without_building_the_network(monkeypatch):
+    devices = []
+    reset = UNet.reset_parameters
+
+    def recording_reset(self, generator=None):
+        devices.append(self.conv_in.weight.device)
+        reset(self, generator)
+
+    monkeypatch.setattr(UNet, "reset_parameters", recording_reset)
+    for cfg in (
+        TINY,
+        UNetConfig(in_channels=3, out_channels=3, base_channels=8, channel_mults=(1, 2, 2), norm_groups=4),
+    ):
+        shapes = UNet.state_dict_shapes(cfg)
+        assert [d.type for d in devices] == ["meta"]  # described without allocating a single weight
+        built = {name: tuple(t.shape) for name, t in UNet(cfg).state_dict().items()}
+        assert shapes == built and list(shapes) == list(built)  # same names, shapes and order
+        devices.clear()
+
+
 def test_attention_switch_changes_architecture():
     with_attn = sum(p.numel() for p in UNet(TINY).parameters())
     without = sum(p.numel() for p in UNet(UNetConfig(**{**TINY.to_dict(), "attention": False})).parameters())
@@ -160,7 +214,7 @@ def test_timestep_embedding():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
-    model = _randomised(TINY)
+    model = randomised_unet(TINY)
     x, t = torch.randn(2, 1, 8, 8), torch.tensor([5.0, 600.5])
     out = model.cuda()(x.cuda(), t.cuda())
     assert out.device.type == "cuda"

@@ -1,0 +1,89 @@
+"""Checks of scalar arguments and configuration fields, with one-line messages naming the range.
+
+Each check takes the name to report (``"steps"``, ``"UNetConfig.base_channels"``,
+``"schedule.beta_start"``), the value and the allowed range, and returns the value as a plain
+``int`` or ``float``; anything else raises ``ValueError`` saying what was given and what is allowed.
+Booleans are not numbers here, and floats are not integers (``2.0`` steps is refused, not rounded).
+The offending value is shown abbreviated (:func:`reprlib.repr`), so a message stays one short line
+whatever was passed.
+"""
+
+from __future__ import annotations
+
+import math
+import reprlib
+from numbers import Integral, Real
+from typing import Any
+
+__all__ = ["check_int", "check_float", "check_float_list", "check_bool", "describe_range"]
+
+
+def _show(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def describe_range(low: float | None, high: float | None, *, low_open: bool = False, high_open: bool = False) -> str:
+    """``"in [1, 1024]"``, ``"in (0, 1)"``, ``">= 0"``, ``"> 0"``, ``"<= 5"`` or ``""`` (no bound)."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{_show(low)}, {_show(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {_show(low)}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {_show(high)}"
+    return ""
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as an ``int`` if it is an integer (not a bool) in ``[low, high]``; else ``ValueError``."""
+    ok = isinstance(value, Integral) and not isinstance(value, bool)
+    if ok and (low is not None and value < low or high is not None and value > high):
+        ok = False
+    if not ok:
+        bounds = describe_range(low, high)
+        raise ValueError(f"{name} must be an integer{' ' + bounds if bounds else ''}, got {reprlib.repr(value)}")
+    return int(value)
+
+
+def check_float(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a ``float`` if it is a finite real number (not a bool) within the bounds; else ``ValueError``.
+
+    ``low_open``/``high_open`` exclude the bound itself: ``check_float("lr", lr, 0, low_open=True)``
+    asks for ``lr > 0``.
+    """
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        v = float(value)
+        if low is not None and (v <= low if low_open else v < low):
+            ok = False
+        if high is not None and (v >= high if high_open else v > high):
+            ok = False
+    if not ok:
+        bounds = describe_range(low, high, low_open=low_open, high_open=high_open)
+        raise ValueError(f"{name} must be a finite number{' ' + bounds if bounds else ''}, got {reprlib.repr(value)}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a ``bool``; else ``ValueError`` (``1`` or ``"yes"`` are not switches)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {reprlib.repr(value)}")
+    return value
+
+
+def check_float_list(
+    name: str, value: Any, *, min_len: int = 1, max_len: int | None = None, **bounds: Any
+) -> list[float]:
+    """``value`` as a list of floats: a flat list or tuple of ``min_len`` to ``max_len`` numbers, each
+    within ``bounds`` (the keywords of :func:`check_float`); the first bad entry is named (``betas[3]``)."""
+    if not isinstance(value, (list, tuple)) or len(value) < min_len or (max_len is not None and len(value) > max_len):
+        count = f"{min_len} to {max_len}" if max_len is not None else f"at least {min_len}"
+        raise ValueError(f"{name} must be a list of {count} numbers, got {reprlib.repr(value)}")
+    return [check_float(f"{name}[{i}]", v, **bounds) for i, v in enumerate(value)]
