@@ -36,9 +36,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_float, check_float_list, check_int
 from ._files import atomic_write, read_json, write_json
 from .field import PREDICTIONS
+from .ranges import check_float, check_float_list, check_int
 from .schedules import CosineVPSchedule, DiscreteSchedule, LinearVPSchedule, Schedule
 from .unet import UNet, UNetConfig
 

@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_bool, check_float, check_int
 from ._files import TMP_MARK, atomic_write
 from .data import DIGITS_HELDOUT, DIGITS_SCALING, load_dataset
 from .io import check_extra_metadata, load_weights_only, save_model, schedule_from_dict, schedule_to_dict
+from .ranges import check_bool, check_float, check_int
 from .schedules import DiscreteSchedule, Schedule
 from .unet import UNet, UNetConfig
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_bool, check_float, check_int
+from .ranges import check_bool, check_float, check_int
 
 __all__ = [
     "UNet",
