@@ -110,6 +110,17 @@ def test_solver_loop_never_reads_the_device(name):
             assert _host_reads(partial(slv.solve, field, x, sig.flip(0))) == []
 
 
+@pytest.mark.parametrize("name", ["ipndm", "ipndm-v"])
+def test_analytic_first_step_never_reads_the_device(name):
+    field = ProbabilityFlowODE(TinyNet(), SCHEDULE)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1)).as_subclass(DeviceTensor)
+    sig = make_grid(SCHEDULE, "karras", 6)
+    slv = get_solver(name, analytic_first_step=True)
+    nfe = field.nfe
+    assert _host_reads(partial(slv.solve, field, x * float(sig[0]), sig)) == []
+    assert field.nfe - nfe == 5  # the first ε came from the σ → ∞ limit
+
+
 @pytest.mark.parametrize("name", FIXED_GRID)
 def test_driver_syncs_a_fixed_number_of_times(name):
     """``decode`` reads the device a few times (input check, the finite check at the end), never per step."""

@@ -20,9 +20,11 @@ from ddim_ode import DiscreteSchedule, analytic, decode, encode, integrate, make
 from ddim_ode.field import ProbabilityFlowODE
 from ddim_ode.solvers import (
     EMBEDDED,
+    IPNDM_COEFFICIENTS,
     PLMS,
     RK4_CLASSIC,
     SOLVERS,
+    AdamsBashforth,
     ButcherTableau,
     DPMSolver,
     DPMSolverPlusPlus,
@@ -63,6 +65,8 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("unipc", {"prediction": "noise"}),
     ("unipc", {"variant": "bh1"}),
     ("unipc", {"corrector": False}),
+    ("ipndm", {"max_order": 2}),
+    ("ipndm", {"max_order": 3}),
 ]
 ORDER_CASES = [(n, {}) for n in DETERMINISTIC] + VARIANTS
 
@@ -114,7 +118,7 @@ def test_registry_lists_every_solver_with_order_nfe_and_paper():
     assert set(infos) == set(SOLVERS)
     expected = {"euler", "heun", "midpoint", "rk4", "dpm-solver-1", "dpm-solver-2", "dpm-solver-3"}
     expected |= {"dpm-solver++2m", "dpm-solver++3m", "plms", "unipc", "belm", "reversible-heun", "ddim", "ddpm"}
-    expected |= {"dopri5", "bosh3", "dopri8", "adaptive_heun"}
+    expected |= {"dopri5", "bosh3", "dopri8", "adaptive_heun", "ipndm", "ipndm-v"}
     assert expected <= set(infos)
     for name, info in infos.items():
         solver = get_solver(name)
@@ -161,9 +165,13 @@ def test_butcher_tableaux_are_validated():
 
 
 def test_adams_bashforth_weights_reduce_to_the_classical_ones():
+    """On uniform nodes the variable-step weights are the constant ones of every order (iPNDM's table)."""
     h = -0.1
-    w = adams_bashforth_weights([1.0, 1.1, 1.2, 1.3], 1.0, 1.0 + h)
-    assert np.allclose(np.array(w) / h, np.array([55, -59, 37, -9]) / 24, atol=1e-13, rtol=0)
+    for k, coefficients in enumerate(IPNDM_COEFFICIENTS, start=1):
+        nodes = [1.0 - j * h for j in range(k)][::-1]  # oldest first, the last one σ = 1
+        w = adams_bashforth_weights(nodes, 1.0, 1.0 + h)
+        assert np.allclose(np.array(w[::-1]) / h, coefficients, atol=1e-13, rtol=0), k
+    assert IPNDM_COEFFICIENTS[3] == pytest.approx(np.array([55, -59, 37, -9]) / 24, abs=1e-16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +338,8 @@ def expected_nfe(solver: Solver, sigmas: list[float]) -> int:
     * ``warmup="singlestep"``: while a k-step method knows fewer than k − 1 usable earlier
       evaluations, a step not touching σ = 0 is a single-step method of order k (DPM-Solver-k for
       DPM-Solver++, RK4 for PLMS). DPM-Solver++ cannot use an evaluation at σ = 0 (λ = ∞).
-    * Reversible Heun evaluates its auxiliary point once more to start.
+    * Reversible Heun evaluates its auxiliary point once more to start; an analytic first step of
+      an Adams–Bashforth solver on a decoding grid saves the first evaluation.
     """
     steps = list(zip(sigmas[:-1], sigmas[1:]))
     full = isinstance(solver, ExplicitRK) and solver.final_step == "full"
@@ -347,6 +356,8 @@ def expected_nfe(solver: Solver, sigmas: list[float]) -> int:
             usable += 0 if (a == 0.0 and isinstance(solver, DPMSolverPlusPlus)) else 1
     if isinstance(solver, ReversibleHeun):
         cost[0] += 1
+    if isinstance(solver, AdamsBashforth) and solver.analytic_first_step and sigmas[-1] < sigmas[0]:
+        cost[0] -= 1
     return sum(cost)
 
 
@@ -357,6 +368,8 @@ NFE_CASES = [(n, {}) for n in FIXED] + [
     ("dpm-solver++3m", {"warmup": "singlestep"}),
     ("plms", {"warmup": "singlestep"}),
     ("plms", {"order": 3, "warmup": "singlestep"}),
+    ("ipndm", {"analytic_first_step": True}),
+    ("ipndm-v", {"analytic_first_step": True}),
 ]
 
 
@@ -389,6 +402,8 @@ def test_nfe_rules_as_documented():
         ("dpm-solver++3m", (("warmup", "singlestep"),)): n + 4,
         ("plms", (("warmup", "singlestep"),)): n + 9,
         ("reversible-heun", ()): n + 1,
+        ("ipndm", (("analytic_first_step", True),)): n - 1,
+        ("ipndm-v", ()): n,
     }
     for (name, options), nfe in documented.items():
         assert expected_nfe(get_solver(name, **dict(options)), sig) == nfe, name
@@ -400,6 +415,7 @@ def test_nfe_rules_as_documented():
 
 FIRST_ORDER = [("dpm-solver-1", {}), ("ddim", {}), ("ddim", {"eta": 0.0}), ("plms", {"order": 1})]
 FIRST_ORDER += [("unipc", {"order": 1, "corrector": False}), ("dpm-solver++2m", {})]
+FIRST_ORDER += [("ipndm", {"max_order": 1}), ("ipndm-v", {"max_order": 1})]
 
 
 @pytest.mark.parametrize("case", FIRST_ORDER, ids=_id)
@@ -579,6 +595,8 @@ def test_unknown_solver_and_bad_options_give_clear_errors():
         ("plms", {"order": 0}, "order must be"),
         ("heun", {"final_step": "skip"}, "final_step must be"),
         ("dpm-solver-2", {"r1": 0.0}, "r1 must be"),
+        ("ipndm", {"max_order": 5}, "max_order must be 1, 2, 3 or 4"),
+        ("ipndm-v", {"analytic_first_step": "yes"}, "analytic_first_step must be"),
         ("dopri5", {"engine": "scipy"}, "engine must be 'native' or 'torchdiffeq'"),
     ]
     for name, options, message in bad:
@@ -763,3 +781,95 @@ def test_step_size_controller():
     with pytest.raises(FloatingPointError, match="underflow at sigma=0.3"):
         c.check(1, -1.2, -1e-15, -2.0, 0.3)
     c.check(4, -1.2, -1e-3, -2.0, 0.3)
+
+
+# ---------------------------------------------------------------------------------------------
+# iPNDM
+
+
+def test_ipndm_variants_agree_where_they_should(tiny_net):
+    """iPNDM-v is PLMS with its default warm-up (the same steps, bit for bit); on a uniform σ grid iPNDM's
+    constant weights are the variable ones, so iPNDM equals iPNDM-v to rounding; on a graded grid they differ."""
+    x = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kw: dict[str, Any] = dict(model=tiny_net, schedule=SCHEDULE)
+    karras: dict[str, Any] = dict(kw, grid="karras")
+    assert torch.equal(decode(x, "ipndm-v", 9, **karras), decode(x, "plms", 9, **karras))
+    uniform = np.linspace(40.0, 0.0, 10)
+    for fn in (decode, encode):
+        out, ref = (fn(x, name, 9, sigmas=uniform, **kw) for name in ("ipndm", "ipndm-v"))
+        assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12), (fn.__name__, (out - ref).abs().max())
+    assert not torch.allclose(decode(x, "ipndm", 9, **karras), decode(x, "ipndm-v", 9, **karras), atol=1e-6)
+
+
+def test_ipndm_max_order_limits_the_history():
+    solver = get_solver("ipndm", max_order=2)
+    field = ProbabilityFlowODE(GAUSS, SCHEDULE)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sig = [4.0, 3.0, 2.0, 1.0]
+    state = solver.init(field, x, torch.tensor(sig, dtype=torch.float64))
+    history = []
+    for a, b in zip(sig[:-1], sig[1:]):
+        eps = GAUSS.eps_xbar(x, a)
+        x_next, state = solver.step(field, x, a, b, state)
+        c = IPNDM_COEFFICIENTS[min(len(history) + 1, 2) - 1]
+        expected = x + (b - a) * sum(cj * e for cj, e in zip(c, [eps, *history[::-1]]))
+        torch.testing.assert_close(x_next, expected, rtol=1e-14, atol=1e-14)
+        history.append(eps)
+        x = x_next
+    assert [s for s, _ in state.history] == [3.0, 2.0]  # the last two evaluations, oldest first
+
+
+def _top_grid(sigma_max: float, n: int) -> np.ndarray:
+    """EDM's grid (ρ = 7, σ_min = 0.002) from ``sigma_max``, with the final step to σ = 0."""
+    ramp = np.linspace(0.0, 1.0, n)
+    hi, lo = sigma_max ** (1 / 7), 0.002 ** (1 / 7)
+    return np.append((hi + ramp * (lo - hi)) ** 7, 0.0)
+
+
+@pytest.mark.parametrize("name", ["ipndm", "ipndm-v"])
+def test_analytic_first_step_saves_one_nfe(name):
+    n = 10
+    z = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for grid in ("karras", "uniform"):
+        counts = []
+        for analytic_first in (False, True):
+            model = CountingEps(GAUSS)
+            kw: dict[str, Any] = dict(model=model, schedule=SCHEDULE, grid=grid, return_solution=True)
+            sol = decode(z, name, n, solver_options={"analytic_first_step": analytic_first}, **kw)
+            assert sol.nfe == model.calls
+            counts.append(sol.nfe)
+        assert counts == [n, n - 1], (grid, counts)
+    # encoding never starts from the top of a decoding grid: nothing changes
+    x0 = GAUSS.sample(8, generator=torch.Generator().manual_seed(1))
+    enc: dict[str, Any] = dict(model=GAUSS, schedule=SCHEDULE, grid="karras")
+    plain = encode(x0, name, n, **enc)
+    assert torch.equal(plain, encode(x0, name, n, solver_options={"analytic_first_step": True}, **enc))
+
+
+def test_analytic_first_step_costs_little_with_variable_weights():
+    """ε ≈ x̄/√(1 + σ²) at the top of a decoding grid instead of the network, on Gaussian data
+    N((0.5, −1), 0.5²) in 10 steps of EDM's grid: from σ_max = 80 ipndm-v's result moves by under a
+    tenth of its own error (measured: 3 %), and by about half as much as from σ_max = 40. The first
+    step's error h δε ≈ −μ is contracted by the flow like √v/σ_1, and σ_1 grows with σ_max."""
+    n = 10
+    z = torch.randn(512, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    shift = {}
+    for sigma_max in (40.0, 80.0):
+        xbar = GAUSS.means[0] + z * math.sqrt(0.25 + sigma_max**2)
+        x_T = xbar / math.sqrt(1 + sigma_max**2)
+        kw: dict[str, Any] = dict(model=GAUSS, schedule=SCHEDULE, sigmas=_top_grid(sigma_max, n))
+        out, plain = (
+            integrate(x_T, "ipndm-v", n, solver_options={"analytic_first_step": a}, **kw) for a in (True, False)
+        )
+        shift[sigma_max] = _rms(out, plain)
+        assert 0.0 < shift[sigma_max] < 0.1 * _rms(plain, GAUSS.solution(xbar, sigma_max, 0.0)), (sigma_max, shift)
+    assert shift[80.0] < 0.6 * shift[40.0], shift
+
+
+@pytest.mark.parametrize("name", ["ipndm", "ipndm-v"])
+def test_analytic_first_step_is_first_order(name):
+    """The limit's error in ε does not vanish as the steps shrink: decoding converges at order 1, as declared."""
+    options = {"analytic_first_step": True}
+    assert get_solver(name, **options).order == 1
+    errs = [_gaussian_error(name, options, n, "decode") for n in (128, 256)]
+    assert abs(math.log2(errs[0] / errs[1]) - 1) <= 0.1, errs
