@@ -1,5 +1,23 @@
+"""Shared test helpers: small ε-networks, the solver groups every test file parametrises over, a one-thread fixture."""
+
 import pytest
 import torch
+
+from ddim_ode.solvers import SOLVERS, get_solver
+
+
+def fixed_grid_solvers() -> list[str]:
+    """Registered solvers that step along the given grid (not adaptive), default options."""
+    return sorted(name for name in SOLVERS if not get_solver(name).adaptive)
+
+
+def deterministic_solvers() -> list[str]:
+    """Registered fixed-grid ODE solvers: neither adaptive nor stochastic (default options).
+
+    These are the solvers whose result is a fixed function of the input and the grid: the ones a
+    discrete adjoint, a float32/float64 comparison or a measured convergence order applies to.
+    """
+    return [name for name in fixed_grid_solvers() if not get_solver(name).stochastic]
 
 
 class TinyEpsNet(torch.nn.Module):
@@ -39,3 +57,12 @@ class CountingModel(torch.nn.Module):
 @pytest.fixture
 def tiny_net() -> TinyEpsNet:
     return TinyEpsNet(dim=6)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of many tiny solves (faster than several on a shared machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

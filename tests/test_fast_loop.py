@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from conftest import deterministic_solvers, fixed_grid_solvers
 from torch import Tensor
 
 from ddim_ode import DiscreteSchedule, ProbabilityFlowODE, decode, make_grid, solve
@@ -22,8 +23,8 @@ from ddim_ode.analytic import Gaussian
 from ddim_ode.solvers import SOLVERS, Solver, get_solver
 
 SCHEDULE = DiscreteSchedule.linear()
-FIXED_GRID = sorted(name for name, f in SOLVERS.items() if not f().adaptive)
-DETERMINISTIC = [name for name in FIXED_GRID if not float(getattr(get_solver(name), "eta", 0.0) or 0.0) > 0]
+FIXED_GRID = fixed_grid_solvers()
+DETERMINISTIC = deterministic_solvers()
 
 # operations that copy device data to the host (i.e. wait for the device)
 _HOST = {
@@ -109,6 +110,17 @@ def test_solver_loop_never_reads_the_device(name):
             assert _host_reads(partial(slv.solve, field, x, sig.flip(0))) == []
 
 
+@pytest.mark.parametrize("name", ["ipndm", "ipndm-v"])
+def test_analytic_first_step_never_reads_the_device(name):
+    field = ProbabilityFlowODE(TinyNet(), SCHEDULE)
+    x = torch.randn(4, 6, generator=torch.Generator().manual_seed(1)).as_subclass(DeviceTensor)
+    sig = make_grid(SCHEDULE, "karras", 6)
+    slv = get_solver(name, analytic_first_step=True)
+    nfe = field.nfe
+    assert _host_reads(partial(slv.solve, field, x * float(sig[0]), sig)) == []
+    assert field.nfe - nfe == 5  # the first ε came from the σ → ∞ limit
+
+
 @pytest.mark.parametrize("name", FIXED_GRID)
 def test_driver_syncs_a_fixed_number_of_times(name):
     """``decode`` reads the device a few times (input check, the finite check at the end), never per step."""
@@ -163,8 +175,7 @@ def test_float32_state_agrees_with_float64_to_rounding(name):
 @pytest.mark.parametrize("model_dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["euler", "heun", "dpm-solver++2m"])
 def test_low_precision_model_drives_a_float32_state(name, model_dtype):
-    if name not in SOLVERS:
-        pytest.skip(f"{name} not registered")
+    assert name in SOLVERS, f"{name} is no longer registered"
     z = torch.randn(8, 6, generator=torch.Generator().manual_seed(3))
     ref = decode(z, name, 8, model=TinyNet(), schedule=SCHEDULE, return_solution=True, trajectory=True)
     low = decode(

@@ -16,19 +16,19 @@ against 209–287, while adaptive_heun needs 429–453 in log σ against 225–2
 ``variable`` is therefore ``"log"`` for ``dopri5`` and ``dopri8`` and ``"sigma"`` for ``bosh3``
 and ``adaptive_heun``.
 
-Engines (``engine``). ``"native"`` (the default; ``dopri8``'s coefficients are read from torchdiffeq) is
-this module's embedded Runge–Kutta integrator: stages are single fused linear combinations
-(:func:`~ddim_ode.solvers.base.lincomb`), t(σ) is tabulated for all stages of a step in one call,
-time is a float64 host value, and the controller is the usual one (RMS norm of the error over the
-whole state relative to ``atol + rtol·max(|x̄|, |x̄'|)``, accept at ≤ 1, step factor
-``clip(0.9·r^(−1/order), 0.2, 10)``, no growth right after a rejection), as torchdiffeq's. Steps
-land exactly on each piece's end; interior grid points (trajectories, callbacks) come from a dense
+Engines (``engine``). ``"native"`` (the default) is this module's embedded Runge–Kutta integrator,
+:func:`integrate_embedded`: the pairs of :mod:`.pairs` stepped by the stage loop of
+:mod:`.tableau` (each stage one fused linear combination,
+:func:`~ddim_ode.solvers.base.lincomb`), t(σ) tabulated for all stages of a step in one call, time
+a float64 host value, and the step sizes chosen by a
+:class:`~ddim_ode.solvers.controller.StepSizeController`, torchdiffeq's controller. Steps land
+exactly on each piece's end; interior grid points (trajectories, callbacks) come from a dense
 output: Shampine's quartic with a midpoint estimate for ``dopri5`` and ``dopri8`` (as torchdiffeq),
 cubic Hermite for ``bosh3``, quadratic for Heun–Euler, whose last stage is not at the new
 solution. ``adaptive_heun`` reuses the ε at the Euler predictor as the next step's first stage,
 as torchdiffeq's does (1 NFE per step). ``"torchdiffeq"`` calls ``torchdiffeq.odeint``; both
 engines use the same pairs and the same controller, so they take the same steps (outputs equal
-to rounding in float64).
+to rounding in float64). torchdiffeq is imported only on that path and by :meth:`solve_adjoint`.
 
 With torchdiffeq each piece is integrated with its ``step_t`` at its end, so that the end value comes from
 a step and not from torchdiffeq's 4th-order dense-output interpolant, and with a first trial step
@@ -41,11 +41,9 @@ steps, so a float32 state sees float32 log σ (relative error ~1e-7 in σ).
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -54,6 +52,10 @@ from torch import Tensor
 
 from ..field import ProbabilityFlowODE
 from .base import Solver, lincomb, register
+from .controller import StepSizeController
+from .options import check_choice
+from .pairs import EMBEDDED
+from .tableau import ButcherTableau, embedded_error, rk_stages
 
 __all__ = [
     "AdaptiveSolver",
@@ -62,150 +64,18 @@ __all__ = [
     "Dopri8",
     "AdaptiveHeun",
     "ADAPTIVE_METHODS",
-    "EmbeddedTableau",
-    "EMBEDDED",
+    "integrate_embedded",
 ]
 
 Variable = Literal["log", "sigma"]
 Engine = Literal["native", "torchdiffeq"]
 
-#: torchdiffeq adaptive method → (order, NFE per accepted step, default integration variable)
-ADAPTIVE_METHODS: dict[str, tuple[int, int, str]] = {
-    "dopri5": (5, 6, "log"),
-    "bosh3": (3, 3, "sigma"),
-    "dopri8": (8, 13, "log"),
-    "adaptive_heun": (2, 1, "sigma"),
+_DEFAULT_VARIABLE: dict[str, Variable] = {"dopri5": "log", "bosh3": "sigma", "dopri8": "log", "adaptive_heun": "sigma"}
+
+#: adaptive method (torchdiffeq's name) → (order, NFE per accepted step, default integration variable)
+ADAPTIVE_METHODS: dict[str, tuple[int, int, Variable]] = {
+    name: (pair.order, pair.nfe_per_step, _DEFAULT_VARIABLE[name]) for name, pair in EMBEDDED.items()
 }
-
-
-@dataclass(frozen=True)
-class EmbeddedTableau:
-    """An explicit embedded Runge–Kutta pair: nodes ``c``, rows ``a``, solution weights ``b`` and
-    error weights ``e = b − b̂`` (b̂ the embedded lower-order solution); ``order`` is the order of
-    ``b`` (the controller's exponent is 1/order); ``fsal``: the ε of the last stage (at c = 1) is
-    the next step's first stage. That is "first same as last" proper when the last stage is
-    evaluated at the new solution (a[-1] = b, :attr:`last_is_solution`), as for Dormand–Prince and
-    Bogacki–Shampine; for the Heun–Euler pair it reuses the ε at the Euler predictor (torchdiffeq's
-    ``adaptive_heun``), 1 NFE per step. ``mid``: weights of an estimate of the solution at the
-    step's midpoint, y(½) ≈ y + h Σ mid_i k_i, accurate to the method's order; with it the dense
-    output is the quartic through y, y', y(½), y_new and y_new' (Shampine 1986), else cubic
-    Hermite."""
-
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-    e: tuple[float, ...]
-    order: int
-    fsal: bool
-    mid: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        s = len(self.c)
-        if not (len(self.a) == len(self.b) == len(self.e) == s) or any(len(r) != i for i, r in enumerate(self.a)):
-            raise ValueError("embedded tableau sizes must agree (a strictly lower triangular)")
-        for i, row in enumerate(self.a):
-            if abs(sum(row) - self.c[i]) > 1e-12:
-                raise ValueError(f"row sum of a[{i}] must equal c[{i}]")
-        if abs(sum(self.b) - 1.0) > 1e-12 or abs(sum(self.e)) > 1e-12:
-            raise ValueError("weights b must sum to 1 and error weights e to 0")
-        if self.fsal and self.c[-1] != 1.0:
-            raise ValueError("an FSAL tableau's last stage must be at c = 1")
-
-    @property
-    def last_is_solution(self) -> bool:
-        """Whether the last stage is evaluated at the new solution (its ε is then the slope there)."""
-        return self.c[-1] == 1.0 and tuple(self.a[-1]) == tuple(self.b[:-1]) and self.b[-1] == 0.0
-
-
-def _pair(c, a, b, b_hat, order, fsal):  # type: ignore[no-untyped-def]
-    return EmbeddedTableau(
-        tuple(float(v) for v in c),
-        tuple(tuple(float(v) for v in row) for row in a),
-        tuple(float(v) for v in b),
-        tuple(float(x) - float(y) for x, y in zip(b, b_hat)),
-        order,
-        fsal,
-    )
-
-
-F = Fraction
-#: the native embedded pairs (exact rational coefficients, converted once to float64)
-EMBEDDED: dict[str, EmbeddedTableau] = {
-    # Dormand & Prince 1980, RK5(4)7M: 5th-order solution, FSAL; the 4th-order embedded solution
-    # is Shampine's (1986), as in torchdiffeq (Dormand and Prince's own is 5179/57600, 0, 7571/16695,
-    # 393/640, −92097/339200, 187/2100, 1/40: on the mixtures it took 5–13 % more NFE for the same error)
-    "dopri5": _pair(
-        c=(0, F(1, 5), F(3, 10), F(4, 5), F(8, 9), 1, 1),
-        a=(
-            (),
-            (F(1, 5),),
-            (F(3, 40), F(9, 40)),
-            (F(44, 45), F(-56, 15), F(32, 9)),
-            (F(19372, 6561), F(-25360, 2187), F(64448, 6561), F(-212, 729)),
-            (F(9017, 3168), F(-355, 33), F(46732, 5247), F(49, 176), F(-5103, 18656)),
-            (F(35, 384), 0, F(500, 1113), F(125, 192), F(-2187, 6784), F(11, 84)),
-        ),
-        b=(F(35, 384), 0, F(500, 1113), F(125, 192), F(-2187, 6784), F(11, 84), 0),
-        b_hat=(F(1951, 21600), 0, F(22642, 50085), F(451, 720), F(-12231, 42400), F(649, 6300), F(1, 60)),
-        order=5,
-        fsal=True,
-    ),
-    # Bogacki & Shampine 1989: 3rd-order solution, 2nd-order embedded, FSAL
-    "bosh3": _pair(
-        c=(0, F(1, 2), F(3, 4), 1),
-        a=((), (F(1, 2),), (0, F(3, 4)), (F(2, 9), F(1, 3), F(4, 9))),
-        b=(F(2, 9), F(1, 3), F(4, 9), 0),
-        b_hat=(F(7, 24), F(1, 4), F(1, 3), F(1, 8)),
-        order=3,
-        fsal=True,
-    ),
-    # Heun (trapezoidal, 2nd order) with Euler embedded; the next step starts from the ε at the
-    # Euler predictor (as torchdiffeq's adaptive_heun): 1 NFE per step
-    "adaptive_heun": _pair(c=(0, 1), a=((), (1,)), b=(F(1, 2), F(1, 2)), b_hat=(1, 0), order=2, fsal=True),
-}
-
-
-def _dopri8() -> EmbeddedTableau | None:
-    """Prince & Dormand's 8(7) pair with the coefficients torchdiffeq ships (13 stages + FSAL), if present.
-
-    Its 13×13 irrational-looking rationals are taken from the installed torchdiffeq rather than
-    retyped; ``None`` (dopri8 then runs on torchdiffeq only) if that module is not there.
-    """
-    try:
-        from torchdiffeq._impl.dopri8 import _DOPRI8_TABLEAU as tab
-    except ImportError:  # pragma: no cover - depends on the torchdiffeq version
-        return None
-    try:
-        from torchdiffeq._impl.dopri8 import _C_mid as c_mid
-
-        mid: tuple[float, ...] | None = tuple(float(v) for v in c_mid)
-    except ImportError:  # pragma: no cover - depends on the torchdiffeq version
-        mid = None
-    c = [0.0] + [float(v) for v in tab.alpha]
-    a = [()] + [tuple(float(v) for v in row) for row in tab.beta]
-    b = [float(v) for v in tab.c_sol]
-    e = [float(v) for v in tab.c_error]
-    try:
-        return EmbeddedTableau(tuple(c), tuple(a), tuple(b), tuple(e), order=8, fsal=True, mid=mid)
-    except ValueError:  # pragma: no cover - an unexpected layout: keep torchdiffeq
-        return None
-
-
-_DOP8 = _dopri8()
-if _DOP8 is not None:
-    EMBEDDED["dopri8"] = _DOP8
-
-
-def _dopri5_mid() -> tuple[float, ...] | None:
-    """Shampine's midpoint weights for Dormand–Prince 5(4) (its 4th-order dense output), from torchdiffeq."""
-    try:
-        from torchdiffeq._impl.dopri5 import DPS_C_MID
-    except ImportError:  # pragma: no cover - depends on the torchdiffeq version
-        return None
-    return tuple(float(v) for v in DPS_C_MID)
-
-
-EMBEDDED["dopri5"] = dataclasses.replace(EMBEDDED["dopri5"], mid=_dopri5_mid())
 
 
 def _quartic_basis() -> np.ndarray:
@@ -224,17 +94,9 @@ def _quartic_basis() -> np.ndarray:
 
 _QUARTIC = _quartic_basis()
 
-_SAFETY, _IFACTOR, _DFACTOR = 0.9, 10.0, 0.2
-
-
-def _rms_ratio(err: Tensor, y0: Tensor, y1: Tensor, rtol: float, atol: float) -> float:
-    """RMS over all elements of err / (atol + rtol·max(|y0|, |y1|)), read on the host (one sync)."""
-    r = torch.maximum(y0.detach().abs(), y1.detach().abs()).mul_(rtol).add_(atol).reciprocal_().mul_(err.detach())
-    return float(torch.linalg.vector_norm(r)) / math.sqrt(max(r.numel(), 1))
-
 
 def _dense_output(
-    tableau: EmbeddedTableau, y0: Tensor, y1: Tensor, ks: list[Tensor], ws: list[float], h: float
+    tableau: ButcherTableau, y0: Tensor, y1: Tensor, ks: list[Tensor], ws: list[float], h: float
 ) -> Callable[[float], Tensor]:
     """x̄ at fraction θ ∈ (0, 1) of an accepted step, from its stages (slopes are w_i k_i).
 
@@ -266,97 +128,90 @@ def _dense_output(
     return hermite
 
 
+def _report_interior(
+    output: Callable[[int, Tensor], None],
+    times: list[float],
+    next_out: int,
+    tau: float,
+    h: float,
+    interpolant: Callable[[], Callable[[float], Tensor]] | None,
+    y_new: Tensor,
+) -> int:
+    """Report the interior grid points inside the accepted step (τ, τ + h]; returns the next one to report.
+
+    Each gets ``interpolant()``'s value at its fraction of the step (built only for steps that
+    contain grid points), or the step's end value when ``interpolant`` is ``None``.
+    """
+    direction = 1.0 if h > 0 else -1.0
+    stop = next_out
+    while stop < len(times) - 1 and (tau + h - times[stop]) * direction > 0:
+        stop += 1
+    dense = interpolant() if interpolant is not None and stop > next_out else None
+    for j in range(next_out, stop):
+        output(j, dense((times[j] - tau) / h) if dense is not None else y_new)
+    return stop
+
+
 def integrate_embedded(
     field: ProbabilityFlowODE,
     xbar: Tensor,
     times: list[float],
-    tableau: EmbeddedTableau,
+    tableau: ButcherTableau,
     variable: Variable,
-    rtol: float,
-    atol: float,
+    controller: StepSizeController,
     first_step: float,
-    max_num_steps: int = 2**31 - 1,
     output: Callable[[int, Tensor], None] | None = None,
     dense_output: bool = True,
 ) -> Tensor:
     """Integrate x̄ adaptively in τ (τ = log σ or σ) from ``times[0]`` to ``times[-1]`` with an embedded pair.
 
-    ``output(j, x̄(times[j]))`` is called for j = 1, …, len(times) − 1 (interior points interpolated,
-    the last one the final step's value; with ``dense_output=False`` an interior point gets the value
-    at the end of the step that contains it, for callers that only test finiteness). Time stays a
-    float64 host value; each step reads one error norm on the host (accept/reject). Raises
-    ``RuntimeError`` after ``max_num_steps`` steps and ``FloatingPointError`` when the step size
-    underflows (a NaN/Inf state or a singular field).
+    Each step runs the pair's stages (:func:`~ddim_ode.solvers.tableau.rk_stages`, slopes σ ε in
+    log σ), and ``controller`` accepts or rejects it and sizes the next one (first trial step
+    ``first_step``). ``output(j, x̄(times[j]))`` is called for j = 1, …, len(times) − 1 (interior
+    points interpolated, the last one the final step's value; with ``dense_output=False`` an
+    interior point gets the value at the end of the step that contains it, for callers that only
+    test finiteness). Time stays a float64 host value; each step reads one error norm on the host.
+    Raises as :meth:`StepSizeController.check` (step budget, step-size underflow).
     """
     log = variable == "log"
-    tau, tau_end = times[0], times[-1]
-    span = tau_end - tau
-    direction = 1.0 if span > 0 else -1.0
-    dt = direction * abs(first_step)
-    stages = len(tableau.c)
-    exact_fsal = tableau.last_is_solution
-    prepare = getattr(field, "prepare", None)
 
     def sig_of(t: float) -> float:
         return math.exp(t) if log else max(t, 0.0)
 
-    # k_j are raw ε; in log σ the slope is σ ε, so σ_j enters the coefficients (no extra pass)
-    k0 = field(xbar, sig_of(tau))
-    w0 = sig_of(tau) if log else 1.0
-    next_out, steps = 1, 0
+    def slope(sigma: float) -> float:  # dx̄/dτ = slope · ε
+        return sigma if log else 1.0
+
+    tau, tau_end = times[0], times[-1]
+    span = tau_end - tau
+    direction = 1.0 if span > 0 else -1.0
+    dt = direction * abs(first_step)
     y = xbar
+    eps0, w0 = field(y, sig_of(tau)), slope(sig_of(tau))
+    next_out, steps = 1, 0
     while (tau_end - tau) * direction > 0:
-        if steps >= max_num_steps:
-            raise RuntimeError(f"max_num_steps={max_num_steps} reached at sigma={sig_of(tau):.6g}")
-        if abs(dt) < 1e-14 * max(abs(tau), abs(span), 1.0):
-            raise FloatingPointError(
-                f"adaptive step size underflow at sigma={sig_of(tau):.6g}: the state or the field is not finite"
-            )
-        last = (tau + dt - tau_end) * direction >= 0
-        h = tau_end - tau if last else dt
-        t_stage = [tau_end if (last and c == 1.0) else tau + c * h for c in tableau.c]
-        s_stage = [sig_of(t) for t in t_stage]
-        if prepare is not None:
-            prepare(torch.tensor(s_stage[1:], dtype=torch.float64))
-        ks, ws = [k0], [w0]
-        for i in range(1, stages):
-            y_i = lincomb([(1.0, y)] + [(h * a * w, k) for a, w, k in zip(tableau.a[i], ws, ks)])
-            if exact_fsal and i == stages - 1:
-                y_new = y_i
-            ks.append(field(y_i, s_stage[i]))
-            ws.append(s_stage[i] if log else 1.0)
-        if not exact_fsal:
-            y_new = lincomb([(1.0, y)] + [(h * b * w, k) for b, w, k in zip(tableau.b, ws, ks)])
-        err = lincomb([(h * e * w, k) for e, w, k in zip(tableau.e, ws, ks) if e != 0.0])
+        controller.check(steps, tau, dt, span, sig_of(tau))
+        h, last = controller.clip(tau, dt, tau_end)
+        s_stage = [sig_of(tau_end if (last and c == 1.0) else tau + c * h) for c in tableau.c]
+        field.prepare(torch.tensor(s_stage[1:], dtype=torch.float64))
+        ws = [w0] + [slope(s) for s in s_stage[1:]]
+        y_new, ks = rk_stages(field, y, tableau, h, s_stage, ws, eps0)
         steps += 1
-        ratio = _rms_ratio(err, y, y_new, rtol, atol)
-        accept = ratio <= 1.0  # False for NaN
-        if accept:
-            t_new = tau + h
-            if output is not None and next_out < len(times) - 1 and (t_new - times[next_out]) * direction > 0:
-                # only for steps with grid points inside
-                dense = _dense_output(tableau, y, y_new, ks, ws, h) if dense_output else None
-                while next_out < len(times) - 1 and (t_new - times[next_out]) * direction > 0:
-                    output(next_out, dense((times[next_out] - tau) / h) if dense is not None else y_new)
-                    next_out += 1
-            tau = tau_end if last else tau + h
-            y = y_new
-            if tableau.fsal:
-                k0, w0 = ks[-1], ws[-1]
-            else:
-                k0 = field(y, sig_of(tau)) if (tau_end - tau) * direction > 0 else k0
-                w0 = sig_of(tau) if log else 1.0
-        if ratio == 0.0:
-            factor = _IFACTOR
-        elif math.isfinite(ratio):
-            factor = min(_IFACTOR, max(_SAFETY * ratio ** (-1.0 / tableau.order), 1.0 if accept else _DFACTOR))
+        accept, dt = controller.adapt(h, controller.error_ratio(embedded_error(tableau, h, ks, ws), y, y_new))
+        if not accept:
+            continue
+        if output is not None:
+            interpolant = functools.partial(_dense_output, tableau, y, y_new, ks, ws, h) if dense_output else None
+            next_out = _report_interior(output, times, next_out, tau, h, interpolant, y_new)
+        tau = tau_end if last else tau + h
+        y = y_new
+        if tableau.fsal:
+            eps0, w0 = ks[-1], ws[-1]
         else:
-            factor = _DFACTOR
-        dt = h * factor
+            eps0 = field(y, sig_of(tau)) if (tau_end - tau) * direction > 0 else eps0
+            w0 = slope(sig_of(tau))
     if output is not None:
-        while next_out < len(times):
-            output(next_out, y)
-            next_out += 1
+        for j in range(next_out, len(times)):
+            output(j, y)
     return y
 
 
@@ -396,23 +251,15 @@ class AdaptiveSolver(Solver):
         engine: Engine | None = None,
     ) -> None:
         method = method or self.method
-        if method not in ADAPTIVE_METHODS:
-            raise ValueError(f"unknown adaptive method {method!r}; allowed: {', '.join(ADAPTIVE_METHODS)}")
+        if method not in EMBEDDED:
+            raise ValueError(f"unknown adaptive method {method!r}; allowed: {', '.join(EMBEDDED)}")
         for label, tol in (("rtol", rtol), ("atol", atol)):
             if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0 or not math.isfinite(tol):
                 raise ValueError(f"{label} must be a positive finite number, got {tol!r}")
         if variable is None:
-            variable = ADAPTIVE_METHODS[method][2]  # type: ignore[assignment]
-        if variable not in ("log", "sigma"):
-            raise ValueError(f"variable must be 'log' or 'sigma', got {variable!r}")
-        if engine is None:
-            engine = "native" if method in EMBEDDED else "torchdiffeq"
-        if engine not in ("native", "torchdiffeq"):
-            raise ValueError(f"engine must be 'native' or 'torchdiffeq', got {engine!r}")
-        if engine == "native" and method not in EMBEDDED:
-            raise ValueError(
-                f"{method!r} has no native engine (native: {', '.join(EMBEDDED)}); use engine='torchdiffeq'"
-            )
+            variable = _DEFAULT_VARIABLE[method]
+        check_choice("variable", variable, ("log", "sigma"))
+        engine = check_choice("engine", "native" if engine is None else engine, ("native", "torchdiffeq"))
         if options is not None and not isinstance(options, dict):
             raise TypeError(f"options must be a dict of solver options, got {type(options).__name__}")
         if engine == "native" and options:
@@ -423,12 +270,16 @@ class AdaptiveSolver(Solver):
                     "(engine='torchdiffeq' takes torchdiffeq's options)"
                 )
         self.method_name = method
+        self.pair = EMBEDDED[method]
         self.engine: Engine = engine
         self.rtol, self.atol = float(rtol), float(atol)
         self.variable: Variable = variable
         self.options = dict(options or {})
-        self.order, steps_nfe, _ = ADAPTIVE_METHODS[method]
-        self.nfe_per_step = float(steps_nfe)
+        self.controller = StepSizeController(
+            self.rtol, self.atol, self.pair.order, int(self.options.get("max_num_steps", 2**31 - 1))
+        )
+        self.order = self.pair.order
+        self.nfe_per_step = float(self.pair.nfe_per_step)
 
     def _segments(self, sig: list[float]) -> list[tuple[Variable, int, int]]:
         """(variable, first index, last index) of the pieces the grid is integrated in."""
@@ -460,17 +311,42 @@ class AdaptiveSolver(Solver):
 
         return rhs_sigma
 
-    def _times(self, points: list[float], variable: Variable, device: torch.device) -> Tensor:
-        times = [math.log(s) for s in points] if variable == "log" else points
-        return torch.tensor(times, dtype=torch.float64, device=device)
+    def _times(self, points: list[float], variable: Variable) -> list[float]:
+        """The grid points of a piece in its integration variable (float64 host values)."""
+        return [math.log(s) for s in points] if variable == "log" else points
 
-    def _torchdiffeq_options(self, times: Tensor) -> dict[str, Any]:
-        # Land a step exactly on the segment's end: torchdiffeq otherwise steps past it and returns a
-        # (4th-order) interpolant there, far less accurate than dopri8's or dopri5's steps. Start with a
-        # tenth of the segment: torchdiffeq's initial-step heuristic scales with |y|/|f|, which in log σ
-        # near σ_min (f = σ ε small, |x̄| large) can probe σ ~ 1e29, far outside the schedule.
-        span = abs(float(times[-1]) - float(times[0]))
-        return {"step_t": times[-1:], "first_step": span / 10, **self.options}
+    def _odeint(
+        self,
+        field: ProbabilityFlowODE,
+        xbar: Tensor,
+        points: list[float],
+        variable: Variable,
+        adjoint_params: list[Tensor] | None = None,
+    ) -> Tensor:
+        """x̄ at ``points`` by ``torchdiffeq.odeint``, or only at the ends by ``odeint_adjoint`` with ``adjoint_params``.
+
+        ``odeint`` lands a step exactly on the piece's end (``step_t``): torchdiffeq otherwise steps
+        past it and returns its (4th-order) interpolant there, far less accurate than dopri8's or
+        dopri5's steps; and it starts with a tenth of the piece, as the native engine: torchdiffeq's
+        initial-step heuristic scales with |y|/|f|, which in log σ near σ_min (f = σ ε small, |x̄|
+        large) can probe σ ~ 1e29, far outside the schedule. ``odeint_adjoint`` gets the options as given.
+        """
+        import torchdiffeq  # only on this path: `import ddim_ode` does not load it
+
+        t = torch.tensor(self._times(points, variable), dtype=torch.float64, device=xbar.device)
+        common: dict[str, Any] = dict(rtol=self.rtol, atol=self.atol, method=self.method_name)
+        if adjoint_params is not None:
+            return torchdiffeq.odeint_adjoint(
+                self._rhs(field, variable),
+                xbar,
+                t,
+                options=dict(self.options),
+                adjoint_params=tuple(adjoint_params),
+                **common,
+            )
+        first = abs(float(t[-1]) - float(t[0])) / 10
+        options = {"step_t": t[-1:], "first_step": first, **self.options}
+        return torchdiffeq.odeint(self._rhs(field, variable), xbar, t, options=options, **common)
 
     def solve(
         self,
@@ -485,61 +361,29 @@ class AdaptiveSolver(Solver):
         sig = [float(s) for s in sigmas.cpu()]
         for variable, i0, i1 in self._segments(sig):
             points = sig[i0 : i1 + 1]
-            if self.engine == "native":
-                times = [math.log(s) for s in points] if variable == "log" else points
-                out: Callable[[int, Tensor], None] | None = None
-                if callback is not None:
-                    out = lambda j, y, i0=i0, points=points: callback(i0 + j, points[j], y)  # noqa: E731
-                xbar = integrate_embedded(
-                    field,
-                    xbar,
-                    times,
-                    EMBEDDED[self.method_name],
-                    variable,
-                    self.rtol,
-                    self.atol,
-                    float(self.options.get("first_step", abs(times[-1] - times[0]) / 10)),
-                    int(self.options.get("max_num_steps", 2**31 - 1)),
-                    out,
-                    dense_output=dense,
-                )
-                continue
-            from torchdiffeq import odeint  # imported on the torchdiffeq engine's path only
-
-            t = self._times(points, variable, xbar.device)
-            ys = odeint(
-                self._rhs(field, variable),
-                xbar,
-                t,
-                rtol=self.rtol,
-                atol=self.atol,
-                method=self.method_name,
-                options=self._torchdiffeq_options(t),
-            )
+            report: Callable[[int, Tensor], None] | None = None
             if callback is not None:
-                for j in range(1, len(points)):
-                    callback(i0 + j, points[j], ys[j])
-            xbar = ys[-1]
+                report = lambda j, y, i0=i0, points=points: callback(i0 + j, points[j], y)  # noqa: E731
+            if self.engine == "torchdiffeq":
+                ys = self._odeint(field, xbar, points, variable)
+                if report is not None:
+                    for j in range(1, len(points)):
+                        report(j, ys[j])
+                xbar = ys[-1]
+                continue
+            times = self._times(points, variable)
+            first_step = float(self.options.get("first_step", abs(times[-1] - times[0]) / 10))
+            xbar = integrate_embedded(
+                field, xbar, times, self.pair, variable, self.controller, first_step, report, dense_output=dense
+            )
         return xbar, state
 
     def solve_adjoint(self, field: ProbabilityFlowODE, xbar: Tensor, sigmas: Tensor, params: list[Tensor]) -> Tensor:
         """torchdiffeq's ``odeint_adjoint`` over the same pieces, variables, method and tolerances as
         :meth:`solve` (its forward pass is torchdiffeq's method of the same name, whichever engine)."""
-        from torchdiffeq import odeint_adjoint
-
         sig = [float(s) for s in sigmas.cpu()]
         for variable, i0, i1 in self._segments(sig):
-            t = self._times([sig[i0], sig[i1]], variable, xbar.device)
-            xbar = odeint_adjoint(
-                self._rhs(field, variable),
-                xbar,
-                t,
-                method=self.method_name,
-                rtol=self.rtol,
-                atol=self.atol,
-                options=dict(self.options),
-                adjoint_params=tuple(params),
-            )[-1]
+            xbar = self._odeint(field, xbar, [sig[i0], sig[i1]], variable, adjoint_params=params)[-1]
         return xbar
 
     def __repr__(self) -> str:
@@ -579,7 +423,7 @@ class Bosh3(_Named):
 
 @register("dopri8")
 class Dopri8(_Named):
-    """Dormand–Prince 8(7), adaptive (native with torchdiffeq's coefficients; or ``dopri8``). Order 8, 13 NFE/step."""
+    """Prince–Dormand 8(7), adaptive (native; or torchdiffeq ``dopri8``). Order 8, 13 NFE per step (FSAL)."""
 
     name = method = "dopri8"
     paper = "Prince & Dormand 1981, High order embedded Runge-Kutta formulae (J. Comp. Appl. Math.); " + _CHEN_2018

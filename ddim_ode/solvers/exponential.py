@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..field import ProbabilityFlowODE
 from .base import Evaluation, Solver, evaluate, lincomb, register, touches_zero
+from .options import check_choice
 
 __all__ = [
     "DPMSolver",
@@ -61,10 +62,6 @@ _ZHAO_2023 = (
     "Zhao, Bai, Rao, Zhou & Lu 2023, UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion "
     "Models (NeurIPS)"
 )
-
-
-def _lam(sigma: float) -> float:
-    return -math.log(sigma)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +123,7 @@ class DPMSolver(Solver):
     paper = _LU_2022
 
     def __init__(self, order: int = 2, r1: float | None = None, r2: float | None = None) -> None:
-        if order not in (1, 2, 3):
-            raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order!r}")
+        check_choice("DPM-Solver order", order, (1, 2, 3))
         r1 = (0.5 if order == 2 else 1 / 3) if r1 is None else float(r1)
         r2 = 2 / 3 if r2 is None else float(r2)
         if order >= 2 and not 0.0 < r1 <= 1.0:
@@ -242,12 +238,9 @@ class DPMSolverPlusPlus(Solver):
         warmup: Warmup = "lower-order",
         third_order_term: Literal["taylor", "published"] = "taylor",
     ) -> None:
-        if order not in (1, 2, 3):
-            raise ValueError(f"DPM-Solver++ multistep order must be 1, 2 or 3, got {order!r}")
-        if warmup not in ("lower-order", "singlestep"):
-            raise ValueError(f"warmup must be 'lower-order' or 'singlestep', got {warmup!r}")
-        if third_order_term not in ("taylor", "published"):
-            raise ValueError(f"third_order_term must be 'taylor' or 'published', got {third_order_term!r}")
+        check_choice("DPM-Solver++ multistep order", order, (1, 2, 3))
+        check_choice("warmup", warmup, ("lower-order", "singlestep"))
+        check_choice("third_order_term", third_order_term, ("taylor", "published"))
         self.steps_order = order
         self.warmup: Warmup = warmup
         self.third_order_term = third_order_term
@@ -374,12 +367,9 @@ class UniPC(Solver):
         prediction: Literal["data", "noise"] = "data",
         corrector: bool = True,
     ) -> None:
-        if order not in (1, 2, 3):
-            raise ValueError(f"UniPC order must be 1, 2 or 3, got {order!r}")
-        if variant not in ("bh1", "bh2"):
-            raise ValueError(f"variant must be 'bh1' or 'bh2', got {variant!r}")
-        if prediction not in ("data", "noise"):
-            raise ValueError(f"prediction must be 'data' or 'noise', got {prediction!r}")
+        check_choice("UniPC order", order, (1, 2, 3))
+        check_choice("variant", variant, ("bh1", "bh2"))
+        check_choice("prediction", prediction, ("data", "noise"))
         self.predictor_order = order
         self.variant = variant
         self.prediction = prediction

@@ -1,8 +1,9 @@
 """Explicit Runge–Kutta methods from Butcher tableaux, in σ.
 
 Euler here *is* DDIM: x̄_next = x̄ + (σ_next − σ) ε(x̄, σ) is the DDIM update divided by √ᾱ
-(Song, Meng & Ermon 2021, eq. 13–14). Every tableau is checked against the order conditions of
-its declared order when it is built, so a new method is a validated ~5-line tableau.
+(Song, Meng & Ermon 2021, eq. 13–14). Every tableau (:class:`~ddim_ode.solvers.tableau.ButcherTableau`)
+is checked against the order conditions of its declared order when it is built, so a new method is a
+validated ~5-line tableau.
 
 Steps with an endpoint at σ = 0. The field *is* defined there (an ε-network is evaluated at the
 schedule's smallest timestep, an exact oracle at σ = 0 itself), but a trained ε-network has never
@@ -16,18 +17,17 @@ oracles) and evaluates the network at σ = 0 otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
-from .base import Solver, lincomb, register, touches_zero
+from .base import Solver, register, touches_zero
+from .options import check_choice
+from .tableau import ButcherTableau, rk_stages
 
 __all__ = [
-    "ButcherTableau",
     "ExplicitRK",
     "Euler",
     "Heun",
@@ -36,70 +36,15 @@ __all__ = [
     "EULER",
     "HEUN",
     "MIDPOINT",
-    "KUTTA3",
     "RK4_CLASSIC",
     "rk_step",
 ]
 
 FinalStep = Literal["euler", "full"]
 
-
-def _order_conditions(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[tuple[int, float, float]]:
-    """(order, value, required value) of every rooted-tree order condition up to order 4."""
-    ac = a @ c
-    return [
-        (1, b.sum(), 1.0),
-        (2, b @ c, 1 / 2),
-        (3, b @ c**2, 1 / 3),
-        (3, b @ ac, 1 / 6),
-        (4, b @ c**3, 1 / 4),
-        (4, b @ (c * ac), 1 / 8),
-        (4, b @ (a @ c**2), 1 / 12),
-        (4, b @ (a @ ac), 1 / 24),
-    ]
-
-
-@dataclass(frozen=True)
-class ButcherTableau:
-    """An explicit Butcher tableau: ``c`` nodes, ``a`` strictly lower-triangular rows, ``b`` weights.
-
-    ``order`` (1–4) is verified against the order conditions on construction (Hairer, Nørsett &
-    Wanner, *Solving ODEs I*, §II.2), so a wrong coefficient raises instead of silently lowering
-    the order.
-    """
-
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-    order: int = 1
-
-    def __post_init__(self) -> None:
-        s = len(self.b)
-        if len(self.c) != s or len(self.a) != s:
-            raise ValueError("tableau sizes of c, a and b must agree")
-        for i, row in enumerate(self.a):
-            if len(row) != i:
-                raise ValueError(f"row {i} of an explicit tableau must have {i} entries")
-            if abs(sum(row) - self.c[i]) > 1e-12:
-                raise ValueError(f"row sum of a[{i}] must equal c[{i}]")
-        if not 1 <= self.order <= 4:
-            raise ValueError(f"tableau order must be 1..4 (higher orders are not verified here), got {self.order}")
-        am = np.zeros((s, s))
-        for i, row in enumerate(self.a):
-            am[i, :i] = row
-        for p, value, want in _order_conditions(np.asarray(self.c, float), am, np.asarray(self.b, float)):
-            if p <= self.order and abs(value - want) > 1e-12:
-                raise ValueError(f"tableau fails an order-{p} condition: {float(value)!r} != {want!r}")
-
-    @property
-    def stages(self) -> int:
-        return len(self.b)
-
-
 EULER = ButcherTableau(c=(0.0,), a=((),), b=(1.0,), order=1)
 HEUN = ButcherTableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), order=2)
 MIDPOINT = ButcherTableau(c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0), order=2)
-KUTTA3 = ButcherTableau(c=(0.0, 0.5, 1.0), a=((), (0.5,), (-1.0, 2.0)), b=(1 / 6, 2 / 3, 1 / 6), order=3)
 RK4_CLASSIC = ButcherTableau(
     c=(0.0, 0.5, 0.5, 1.0),
     a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
@@ -123,19 +68,12 @@ def rk_step(
 ) -> Tensor:
     """One explicit Runge–Kutta step in σ; ``eps`` = ε(x̄, σ) if already known (saves the first stage).
 
-    Each stage and the update are one :func:`~ddim_ode.solvers.base.lincomb` (one pass over the
-    state per nonzero coefficient, one new tensor); a stage at ``c = 1`` is evaluated at exactly
-    ``sigma_next``.
+    The stages run through :func:`~ddim_ode.solvers.tableau.rk_stages` (each stage and the update
+    one fused linear combination); a stage at ``c = 1`` is evaluated at exactly ``sigma_next``.
     """
-    h = sigma_next - sigma
-    ks: list[Tensor] = []
-    for i in range(tableau.stages):
-        if i == 0 and eps is not None and tableau.c[0] == 0.0:
-            ks.append(eps)
-            continue
-        x_i = lincomb([(1.0, xbar)] + [(h * a_ij, k_j) for a_ij, k_j in zip(tableau.a[i], ks)])
-        ks.append(field(x_i, _stage_sigma(sigma, sigma_next, tableau.c[i])))
-    return lincomb([(1.0, xbar)] + [(h * b_i, k_i) for b_i, k_i in zip(tableau.b, ks)])
+    stage_sigmas = [_stage_sigma(sigma, sigma_next, c) for c in tableau.c]
+    eps0 = eps if tableau.c[0] == 0.0 else None
+    return rk_stages(field, xbar, tableau, sigma_next - sigma, stage_sigmas, eps0=eps0)[0]
 
 
 class ExplicitRK(Solver):
@@ -149,9 +87,7 @@ class ExplicitRK(Solver):
     tableau: ClassVar[ButcherTableau] = EULER
 
     def __init__(self, final_step: FinalStep = "euler") -> None:
-        if final_step not in ("euler", "full"):
-            raise ValueError(f"final_step must be 'euler' or 'full', got {final_step!r}")
-        self.final_step: FinalStep = final_step
+        self.final_step: FinalStep = check_choice("final_step", final_step, ("euler", "full"))
         self.order = self.tableau.order
         self.nfe_per_step = float(self.tableau.stages)
 
