@@ -335,10 +335,7 @@ class _Plan:
     options: dict[str, Any]
     grid: str  # a grid name, or "sigmas" / "timesteps" when the grid was given explicitly
     sigmas: np.ndarray
-
-    @property
-    def steps(self) -> int:
-        return len(self.sigmas) - 1
+    steps: int  # the n of a named grid (which may hold a step more, see ddim_ode.grids), else len(sigmas) - 1
 
     @property
     def reversible(self) -> bool:
@@ -377,6 +374,7 @@ def _plan(
     if args.sigmas is not None:
         sig, grid = np.asarray(_numbers(args.sigmas, "--sigmas"), dtype=np.float64), "sigmas"
         _check_decoding_grid(sig, schedule, "--sigmas")
+        n = len(sig) - 1
     elif args.timesteps is not None:
         ts = np.asarray(_numbers(args.timesteps, "--timesteps"), dtype=np.float64)
         lo, hi = float(schedule.t_min), float(schedule.t_max)
@@ -386,13 +384,15 @@ def _plan(
             raise CLIError("--timesteps must be strictly decreasing (decoding order, noise to data)")
         sig, grid = np.append(sigmas_from_timesteps(schedule, ts).numpy(), 0.0), "timesteps"
         _check_decoding_grid(sig, schedule, "--timesteps")
+        n = len(sig) - 1
     elif args.steps is None and args.grid is None and stored is not None and stored.sigmas is not None:
         sig, grid = stored.sigmas, stored.grid or "sigmas"
+        n = stored.steps or len(sig) - 1
     else:
         grid = args.grid or (stored.grid if stored is not None and stored.grid in GRIDS else "uniform")
         n = args.steps or (stored.steps if stored is not None and stored.steps else 20)
         sig = make_grid(schedule, grid, n).numpy()
-    return _Plan(solver, options, grid, np.asarray(sig, dtype=np.float64))
+    return _Plan(solver, options, grid, np.asarray(sig, dtype=np.float64), n)
 
 
 def _mismatches(stored: LatentFile, plan: _Plan, model: str) -> list[str]:
@@ -538,8 +538,9 @@ def _latents(lf: LatentFile, m: _Model, path: str) -> Tensor:
     return lat
 
 
-def _with_state(lat: Tensor, lf: LatentFile, path: str) -> Tensor:
+def _with_state(lat: Tensor, lf: LatentFile, args: argparse.Namespace) -> Tensor:
     """``lat`` carrying the stored auxiliary state of a reversible solver (checked against it)."""
+    path = args.input
     try:
         state = state_from_arrays(lf.state_arrays, device=lat.device, dtype=lat.dtype)
     except (KeyError, ValueError, TypeError) as err:
@@ -547,6 +548,8 @@ def _with_state(lat: Tensor, lf: LatentFile, path: str) -> Tensor:
             f"{path}: unreadable auxiliary state ({_message(err)}); re-create it with `ddim-ode encode`"
         ) from None
     if state is None:
+        if lf.kind == "encoded":
+            _warn(args.command, f"{path} stores no auxiliary state: {lf.solver} decodes afresh, not exactly")
         return lat
     if any(isinstance(v, Tensor) and v.shape != lat.shape for v in vars(state).values()):
         raise CLIError(f"{path}: the auxiliary state does not match the latents' shape {tuple(lat.shape)}")
@@ -631,6 +634,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         solver=plan.solver,
         solver_options=plan.options,
         grid=plan.grid,
+        steps=plan.steps,
         sigmas=plan.sigmas,
         model=m.source,
     )
@@ -663,6 +667,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         solver=plan.solver,
         solver_options=plan.options,
         grid=plan.grid,
+        steps=plan.steps,
         sigmas=plan.sigmas,
         model=m.source,
         state_arrays=state,
@@ -678,7 +683,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     lat = _latents(lf, m, args.input)
     plan = _plan(args, m.schedule, lf)
     if _check_settings(args, lf, plan, m) and plan.reversible:
-        lat = _with_state(lat, lf, args.input)
+        lat = _with_state(lat, lf, args)
     with torch.no_grad():
         sols = _batched(
             lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **plan.run_kwargs(m)),
@@ -729,6 +734,13 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
         if len(lf.latents) < 2:
             raise CLIError(f"{args.input} holds {len(lf.latents)} latent(s); interpolation needs two")
         ends = _latents(lf, m, args.input)[:2]
+        if lf.kind == "encoded" and plan.reversible:
+            _warn(
+                args.command,
+                f"{args.input} was encoded with the reversible {plan.solver}: its latents decode exactly only with "
+                "their auxiliary state, which interpolated latents do not have, so even the end frames are not the "
+                "images; encode with euler (DDIM inversion) to interpolate",
+            )
     else:
         ends = _noise(2, m.shape, args.seed, m.device)
     lat = slerp(ends[:1], ends[1:], torch.linspace(0, 1, args.frames)).to(m.device)

@@ -11,8 +11,8 @@ others write:
   decoded; ``decode`` and ``interpolate --input`` read them).
 * beside ``latents``, how to decode them (:class:`LatentFile`): ``kind`` (``"noise"`` or
   ``"encoded"``), ``solver``, ``solver_options`` (JSON), ``grid`` (its name, or ``"sigmas"`` /
-  ``"timesteps"`` when given explicitly), ``sigmas`` (the float64 decoding grid, n + 1 values
-  ending at 0), ``model`` (``"default"`` or the model directory) and, for a reversible solver,
+  ``"timesteps"`` when given explicitly), ``steps`` (n), ``sigmas`` (the float64 decoding grid
+  actually used, ending at 0), ``model`` (``"default"`` or the model directory) and, for a reversible solver,
   its auxiliary state as ``aux_*`` arrays (:func:`~ddim_ode.solvers.reversible.state_to_arrays`).
 
 Readers raise ``ValueError`` naming the file and what is wrong with it; :func:`check_writable`
@@ -87,6 +87,7 @@ def latent_arrays(
     solver: str,
     solver_options: dict[str, Any],
     grid: str,
+    steps: int,
     sigmas: np.ndarray,
     model: str,
     state_arrays: dict[str, np.ndarray] | None = None,
@@ -97,7 +98,7 @@ def latent_arrays(
         "kind": np.array(kind),
         "solver": np.array(solver),
         "solver_options": np.array(json.dumps(solver_options, sort_keys=True)),
-        "steps": np.array(len(sigmas) - 1),
+        "steps": np.array(steps),
         "grid": np.array(grid),
         "sigmas": np.asarray(sigmas, dtype=np.float64),
         "model": np.array(model),
@@ -152,9 +153,10 @@ def read_latents(path: str | Path) -> LatentFile:
             out.grid = str(arrays["grid"])
         if "sigmas" in arrays:
             out.sigmas = np.asarray(arrays["sigmas"], dtype=np.float64).reshape(-1)
-            out.steps = len(out.sigmas) - 1
-        elif "steps" in arrays:
+        if "steps" in arrays:
             out.steps = int(arrays["steps"])
+        elif out.sigmas is not None:
+            out.steps = len(out.sigmas) - 1
         if "model" in arrays:
             out.model = str(arrays["model"])
     except (ValueError, TypeError) as err:

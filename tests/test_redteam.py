@@ -359,8 +359,8 @@ def test_each_command_reads_the_others_outputs(made, tmp_path, monkeypatch, caps
     # decode's output is images for encode, roundtrip and likelihood
     assert run_cli(["encode", "--input", "d.npz", "-n", "4", "--out", "z2.npz", "-q"], capsys)[0] == 0
     assert run_cli(["roundtrip", "--input", "d.npz", "--num", "2", "-n", "3", "--out", "rt.png"], capsys)[0] == 0
-    code, out, _ = run_cli(["interpolate", "--input", made / "z.npz", "--frames", "3", "--out", "i.png"], capsys)
-    assert code == 0 and "no consistency strip" in out
+    code, out, err = run_cli(["interpolate", "--input", made / "z.npz", "--frames", "3", "--out", "i.png"], capsys)
+    assert code == 0 and "no consistency strip" in out and "reversible belm" in err
     code, _, _ = run_cli(
         ["interpolate", "--input", made / "s.npz", "--frames", "3", "--consistency-steps", "2", "--out", "j.png"],
         capsys,
@@ -417,6 +417,14 @@ def test_allow_mismatch_decodes_with_a_warning(made, tmp_path, monkeypatch, caps
     assert code == 0 and "warning:" in err and "solver belm -> euler" in err and "not reconstruct" in err
     # DDIM from BELM latents is far from the images: the reason a mismatch is refused by default
     assert np.abs(np.load("decoded.npz")["samples"] - np.load(made / "s.npz")["samples"]).max() > 10
+
+
+def test_encoded_latents_without_their_state_decode_with_a_warning(made, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with np.load(made / "z.npz") as f:
+        np.savez(tmp_path / "stateless.npz", **{k: f[k] for k in f.files if not k.startswith("aux_")})
+    code, _, err = run_cli(["decode", "--input", "stateless.npz", "-q"], capsys)
+    assert code == 0 and "stores no auxiliary state" in err and "not exactly" in err
 
 
 def test_noise_decodes_with_any_settings(made, tmp_path, monkeypatch, capsys):
