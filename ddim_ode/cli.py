@@ -15,18 +15,13 @@ its traceback; ``DDIM_ODE_DEBUG=1`` shows the traceback of user errors too.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import inspect
 import json
 import math
 import os
-import struct
 import sys
 import time
-import types
 import typing
-import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,23 +31,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._files import atomic_path, save_npz, save_png
+from ._files import atomic_path
 from .cli_io import (
-    SAMPLES_KEY,
     LatentFile,
     check_writable,
     check_writable_dir,
-    image_array_key,
     latent_arrays,
+    output_paths,
+    read_images,
     read_latents,
-    read_samples,
+    write_outputs,
 )
-from .grids import GRIDS, make_grid, sigmas_from_timesteps
+from .cli_plan import Plan, describe_record, make_plan, mismatches
+from .grids import GRIDS
 from .images import image_grid, slerp, to_unit
 from .integrate import Solution, decode, encode
 from .models import resolve_model
 from .schedules import Schedule
-from .solvers import SOLVERS, get_solver, list_solvers
+from .solvers import SOLVERS, list_solvers
 from .solvers.reversible import ReversibleLatent, concat_states, state_from_arrays, state_to_arrays
 from .threads import set_threads_for
 
@@ -187,249 +183,40 @@ def _load(args: argparse.Namespace, batch: int, model: str | None = None) -> _Mo
     return _Model(net, res.schedule, res.prediction, shape, dev, _model_id(name))
 
 
-# --- typed solver options
+def _plan(args: argparse.Namespace, m: _Model, stored: LatentFile | None = None, encoding: bool = False) -> Plan:
+    """The plan of this command line (see :func:`~ddim_ode.cli_plan.make_plan`)."""
+    return make_plan(
+        m.schedule,
+        solver=args.solver,
+        solver_option=args.solver_option,
+        steps=args.steps,
+        grid=args.grid,
+        sigmas=args.sigmas,
+        timesteps=args.timesteps,
+        stored=stored,
+        encoding=encoding,
+    )
 
 
-_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+def _run_kwargs(plan: Plan, m: _Model) -> dict[str, Any]:
+    """The keyword arguments of decode/encode for ``plan`` with the model ``m``."""
+    return dict(
+        model=m.model, schedule=m.schedule, sigmas=plan.sigmas, prediction=m.prediction, solver_options=plan.options
+    )
 
 
-def _kind(ann: Any) -> str:
-    if ann is bool:
-        return "true/false (or yes/no, 1/0)"
-    if ann is int:
-        return "an integer"
-    if ann is float:
-        return "a number"
-    if ann is str:
-        return "text"
-    if ann is dict or typing.get_origin(ann) is dict:
-        return "a JSON object"
-    if typing.get_origin(ann) is typing.Literal:
-        return "one of " + ", ".join(str(v) for v in typing.get_args(ann))
-    return getattr(ann, "__name__", str(ann))
-
-
-def _settable(ann: Any) -> bool:
-    """Whether a value of type ``ann`` can be written on the command line."""
-    return ann in (bool, int, float, str, dict) or typing.get_origin(ann) in (typing.Literal, dict)
-
-
-def _typed(text: str, ann: Any, what: str) -> Any:
-    """``text`` converted to the annotated type ``ann`` of a constructor argument."""
-    origin = typing.get_origin(ann)
-    if origin in (typing.Union, types.UnionType):
-        alts = [a for a in typing.get_args(ann) if a is not type(None)]
-        nullable = len(alts) < len(typing.get_args(ann))
-        if nullable and text.lower() in ("none", "null"):
-            return None
-        settable = [a for a in alts if _settable(a)]
-        if not settable:
-            raise CLIError(f"{what} cannot be set from the command line (it takes {_kind(alts[0])})")
-        for alt in settable:
-            with contextlib.suppress(CLIError):
-                return _typed(text, alt, what)
-        alts = settable
-        kinds = " or ".join([_kind(a) for a in alts] + (["none"] if nullable else []))
-        raise CLIError(f"bad {what} {text!r}: expected {kinds}")
-    if origin is typing.Literal:
-        for v in typing.get_args(ann):
-            if str(v) == text:
-                return v
-        raise CLIError(f"bad {what} {text!r}; allowed: {', '.join(str(v) for v in typing.get_args(ann))}")
-    if ann is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise CLIError(f"bad {what} {text!r}: a boolean option takes true/false, yes/no or 1/0")
-    if ann is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise CLIError(f"bad {what} {text!r}: expected an integer") from None
-    if ann is float:
-        try:
-            val = float(text)
-        except ValueError:
-            raise CLIError(f"bad {what} {text!r}: expected a number") from None
-        if not math.isfinite(val):
-            raise CLIError(f"bad {what} {text!r}: expected a finite number")
-        return val
-    if ann is str:
-        return text
-    if ann is dict or origin is dict:
-        try:
-            val = json.loads(text)
-        except json.JSONDecodeError:
-            val = None
-        if not isinstance(val, dict):
-            raise CLIError(f"bad {what} {text!r}: expected a JSON object, e.g. '{{\"key\": 1}}'")
-        return val
-    raise CLIError(f"{what} cannot be set from the command line (it takes {_kind(ann)})")
-
-
-def _solver_options(solver: str, pairs: Sequence[str]) -> dict[str, Any]:
-    """``--solver-option KEY=VALUE`` pairs, each converted to the type its constructor declares."""
-    factory = SOLVERS[solver]
-    params = [
-        p.name
-        for p in inspect.signature(factory).parameters.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
-    hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise CLIError(f"bad --solver-option {pair!r}; use KEY=VALUE, e.g. order=3")
-        if key not in params:
-            allowed = f"allowed: {', '.join(params)}" if params else "it takes no options"
-            raise CLIError(f"unknown --solver-option {key!r} for solver {solver!r}; {allowed}")
-        if key in out:
-            raise CLIError(f"--solver-option {key} given twice")
-        out[key] = _typed(text.strip(), hints.get(key, str), f"--solver-option {key} (solver {solver!r})")
-    return out
-
-
-# --- the grid and solver of a run
-
-
-def _numbers(text: str, flag: str) -> list[float]:
-    vals = []
-    for part in text.replace(" ", ",").split(","):
-        if not part:
-            continue
-        try:
-            v = float(part)
-        except ValueError:
-            raise CLIError(
-                f"bad {flag} value {part!r}: give comma-separated numbers, e.g. {flag} 14.6,3,0.5,0"
-            ) from None
-        if not math.isfinite(v):
-            raise CLIError(f"bad {flag} value {part!r}: values must be finite")
-        vals.append(v)
-    if not vals:
-        raise CLIError(f"{flag} is empty: give comma-separated numbers")
-    return vals
-
-
-def _check_decoding_grid(sig: np.ndarray, schedule: Schedule, flag: str) -> None:
-    if len(sig) < 2:
-        raise CLIError(f"{flag} must give at least one step (2 values: start and 0)")
-    if (sig < 0).any():
-        raise CLIError(f"{flag} values must be >= 0")
-    if not (np.diff(sig) < 0).all():
-        raise CLIError(f"{flag} must be strictly decreasing (decoding order, noise to data)")
-    if sig[-1] != 0.0:
-        raise CLIError(f"{flag} must end at sigma = 0 (clean data)")
-    if sig[0] > schedule.sigma_max * (1 + 1e-9):
-        raise CLIError(f"{flag} starts at sigma={sig[0]:.6g}, above the model's sigma_max={schedule.sigma_max:.6g}")
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How to integrate: solver, its options and the decoding σ grid (float64, decreasing to 0)."""
-
-    solver: str
-    options: dict[str, Any]
-    grid: str  # a grid name, or "sigmas" / "timesteps" when the grid was given explicitly
-    sigmas: np.ndarray
-    steps: int  # the n of a named grid (which may hold a step more, see ddim_ode.grids), else len(sigmas) - 1
-
-    @property
-    def reversible(self) -> bool:
-        return get_solver(self.solver, **self.options).reversible
-
-    def run_kwargs(self, m: _Model) -> dict[str, Any]:
-        return dict(
-            model=m.model,
-            schedule=m.schedule,
-            sigmas=self.sigmas,
-            prediction=m.prediction,
-            solver_options=self.options,
-        )
-
-
-def _plan(
-    args: argparse.Namespace, schedule: Schedule, stored: LatentFile | None = None, *, encoding: bool = False
-) -> _Plan:
-    """The plan asked for on the command line; what it leaves open comes from ``stored``, else defaults.
-
-    ``encoding``: the plan is also run towards noise (``encode``, ``roundtrip``), which not every
-    solver can do.
-    """
-    solver = args.solver or (stored.solver if stored is not None and stored.solver else "euler")
-    if solver not in SOLVERS:
-        raise CLIError(f"unknown solver {solver!r}; available: {', '.join(sorted(SOLVERS))}")
-    if args.solver_option:
-        options = _solver_options(solver, args.solver_option)
-    elif stored is not None and stored.solver == solver:
-        options = dict(stored.solver_options)
-    else:
-        options = {}
-    slv = get_solver(solver, **options)  # the solver checks its option values now, before any work
-    if encoding and not slv.can_encode:
-        raise CLIError(f"solver {solver!r} cannot encode: {slv.why_no_encode}")
-    if args.sigmas is not None:
-        sig, grid = np.asarray(_numbers(args.sigmas, "--sigmas"), dtype=np.float64), "sigmas"
-        _check_decoding_grid(sig, schedule, "--sigmas")
-        n = len(sig) - 1
-    elif args.timesteps is not None:
-        ts = np.asarray(_numbers(args.timesteps, "--timesteps"), dtype=np.float64)
-        lo, hi = float(schedule.t_min), float(schedule.t_max)
-        if ts.min() < lo or ts.max() > hi:
-            raise CLIError(f"--timesteps must lie in the model's range [{lo:g}, {hi:g}]")
-        if not (np.diff(ts) < 0).all():
-            raise CLIError("--timesteps must be strictly decreasing (decoding order, noise to data)")
-        sig, grid = np.append(sigmas_from_timesteps(schedule, ts).numpy(), 0.0), "timesteps"
-        _check_decoding_grid(sig, schedule, "--timesteps")
-        n = len(sig) - 1
-    elif args.steps is None and args.grid is None and stored is not None and stored.sigmas is not None:
-        sig, grid = stored.sigmas, stored.grid or "sigmas"
-        n = stored.steps or len(sig) - 1
-    else:
-        grid = args.grid or (stored.grid if stored is not None and stored.grid in GRIDS else "uniform")
-        n = args.steps or (stored.steps if stored is not None and stored.steps else 20)
-        sig = make_grid(schedule, grid, n).numpy()
-    return _Plan(solver, options, grid, np.asarray(sig, dtype=np.float64), n)
-
-
-def _mismatches(stored: LatentFile, plan: _Plan, model: str) -> list[str]:
-    """How ``plan`` (and ``model``) differ from the settings recorded with the latents."""
-    out = []
-    if stored.solver is not None and plan.solver != stored.solver:
-        out.append(f"solver {stored.solver} -> {plan.solver}")
-    elif stored.solver is not None and plan.options != stored.solver_options:
-        out.append(f"solver options {stored.solver_options} -> {plan.options}")
-    if stored.steps is not None and plan.steps != stored.steps:
-        out.append(f"n {stored.steps} -> {plan.steps}")
-    elif stored.sigmas is not None and not np.allclose(plan.sigmas, stored.sigmas, rtol=1e-9, atol=1e-12):
-        out.append(f"grid {stored.grid} -> {plan.grid} (other sigma values)")
-    if stored.model is not None and model != stored.model:
-        out.append(f"model {stored.model} -> {model}")
-    return out
-
-
-def _describe(stored: LatentFile) -> str:
-    parts = [f"solver={stored.solver}"] if stored.solver else []
-    parts += [f"n={stored.steps}"] if stored.steps is not None else []
-    parts += [f"grid={stored.grid}"] if stored.grid else []
-    return ", ".join(parts) or "unrecorded settings"
-
-
-def _check_settings(args: argparse.Namespace, stored: LatentFile, plan: _Plan, m: _Model) -> bool:
+def _check_settings(args: argparse.Namespace, stored: LatentFile, plan: Plan, m: _Model) -> bool:
     """Whether ``plan`` decodes ``stored`` with its recorded settings; refuses a mismatch on encoded latents.
 
     Encoded latents reconstruct their images only with the settings they were encoded with, so a
     different solver, n, grid or model is refused unless ``--allow-mismatch`` (then a warning).
     Noise (from ``sample``) decodes to a valid sample with any settings.
     """
-    diffs = _mismatches(stored, plan, m.source)
+    diffs = mismatches(stored, plan, m.source)
     if not diffs:
         return True
     if stored.kind == "encoded":
-        text = f"{args.input} was encoded with {_describe(stored)}; this run differs: {'; '.join(diffs)}"
+        text = f"{args.input} was encoded with {describe_record(stored)}; this run differs: {'; '.join(diffs)}"
         if not args.allow_mismatch:
             raise CLIError(
                 f"{text}. Omit --solver/-n/--grid/--sigmas/--timesteps/--model to use the recorded settings, "
@@ -464,71 +251,6 @@ def _batched(fn: Callable[[Tensor], Solution], x: Tensor, batch_size: int, desc:
 
 def _cat(sols: list[Solution]) -> Tensor:
     return torch.cat([s.x.as_subclass(Tensor) for s in sols])
-
-
-# --- inputs and outputs
-
-#: suffixes that name another file format than the .png/.npz the commands write
-_OTHER_FORMATS = (".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".npy", ".pt", ".pth", ".json")
-
-
-def _outputs(out: str, *suffixes: str) -> list[Path]:
-    """The files of ``--out NAME[.png|.npz]``: NAME + each suffix, checked to be writable."""
-    if not out.strip():
-        raise CLIError("--out is empty; give a file name")
-    p = Path(out)
-    if out.endswith(("/", os.sep)) or p.is_dir():
-        raise CLIError(f"--out {out} is a folder; give a file name, e.g. {p / ('out' + suffixes[0])}")
-    suffix = p.suffix.lower()
-    if suffix in _OTHER_FORMATS:
-        raise CLIError(f"--out {out}: this command writes {' and '.join(suffixes)}; give NAME{suffixes[0]}")
-    stem = str(p.with_suffix("")) if suffix in (".png", ".npz") else out
-    paths = [Path(stem + s) for s in suffixes]
-    for path in paths:
-        check_writable(path)
-    return paths
-
-
-def _write(png: Path | None = None, image: np.ndarray | None = None, npz: Path | None = None, **arrays: Any) -> None:
-    """Write a PNG and/or an .npz, both or neither: each goes to a temporary name first."""
-    with contextlib.ExitStack() as stack:
-        if png is not None and image is not None:
-            save_png(stack.enter_context(atomic_path(png)), image)
-        if npz is not None:
-            save_npz(stack.enter_context(atomic_path(npz)), **arrays)
-
-
-def _load_images(path: str, shape: tuple[int, ...]) -> Tensor:
-    """Images from 'digits', 'digits:heldout', a .npy/.npz (``images`` or ``samples``) or a PNG folder."""
-    from .data import load_array, load_digits, load_png_folder
-
-    samples = False
-    if path in ("digits", "digits:heldout"):
-        x = load_digits("heldout" if path.endswith("heldout") else "train")
-    else:
-        p = Path(path)
-        if not p.exists():
-            raise CLIError(f"no such file or folder: {path}")
-        try:
-            if p.is_dir():
-                x = load_png_folder(p)
-            elif p.suffix.lower() in (".npy", ".npz"):
-                key = image_array_key(p)
-                samples = key == SAMPLES_KEY
-                if samples:  # the commands' own output, read as it is
-                    x = torch.from_numpy(read_samples(p))
-                else:
-                    x = load_array(p) if key is None else load_array(p, key=key)
-            else:
-                raise CLIError(f"{path}: unsupported input; allowed: digits, digits:heldout, .npy, .npz, a PNG folder")
-        # unreadable files: a truncated or corrupted archive, a broken PNG (Pillow raises SyntaxError for some)
-        except (OSError, EOFError, KeyError, SyntaxError, zipfile.BadZipFile, struct.error) as err:
-            raise CLIError(f"cannot read images from {path}: {_message(err)}") from None
-    if tuple(x.shape[1:]) != shape:
-        raise CLIError(f"images have shape {tuple(x.shape[1:])}, the model needs {shape} (C, H, W)")
-    if not samples and (float(x.min()) < -1.0001 or float(x.max()) > 1.0001):
-        raise CLIError("images must be scaled to [-1, 1]")
-    return x
 
 
 def _latents(lf: LatentFile, m: _Model, path: str) -> Tensor:
@@ -567,32 +289,26 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
     if args.sigmas is not None or args.timesteps is not None:
         raise CLIError("--sigmas/--timesteps cannot be combined with --out-dir; use -n and --grid")
     check_writable_dir(args.shard_dir)
-    solver = args.solver or "euler"
-    if solver not in SOLVERS:
-        raise CLIError(f"unknown solver {solver!r}; available: {', '.join(sorted(SOLVERS))}")
-    options = _solver_options(solver, args.solver_option or [])
-    slv = get_solver(solver, **options)
-    if kind == "encode" and not slv.can_encode:
-        raise CLIError(f"solver {solver!r} cannot encode: {slv.why_no_encode}")
     with process_group() as info:
         m = _load(args, args.shard_size)
+        plan = _plan(args, m, encoding=kind == "encode")
         kw: dict[str, Any] = dict(
             model=m.model,
             schedule=m.schedule,
-            solver=solver,
-            n=args.steps or 20,
-            grid=args.grid or "uniform",
+            solver=plan.solver,
+            n=plan.steps,
+            grid=plan.grid,
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             device=m.device,
             prediction=m.prediction,
-            solver_options=options,
+            solver_options=plan.options,
             progress=not args.quiet and info.rank == 0,
         )
         if kind == "sample":
             res = sample_to_dir(args.shard_dir, args.num, seed=args.seed, shape=m.shape, **kw)
         else:
-            res = encode_to_dir(_load_images(args.input, m.shape), args.shard_dir, **kw)
+            res = encode_to_dir(read_images(args.input, m.shape), args.shard_dir, **kw)
     if info.rank == 0:
         print(
             f"{res.num} {'samples' if kind == 'sample' else 'latents'} in {res.out_dir}: "
@@ -613,14 +329,14 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if getattr(args, "shard_dir", None) is not None:
         _to_dir(args, "sample")
         return
-    png, npz = _outputs(args.out, ".png", ".npz")
+    png, npz = output_paths(args.out, ".png", ".npz")
     m = _load(args, args.num)
-    plan = _plan(args, m.schedule)
+    plan = _plan(args, m)
     x_T = _noise(args.num, m.shape, args.seed, m.device)
     t0 = time.perf_counter()
     with torch.no_grad():
         sols = _batched(
-            lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **plan.run_kwargs(m)),
+            lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
             x_T,
             args.batch_size,
             "sampling",
@@ -638,7 +354,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
         sigmas=plan.sigmas,
         model=m.source,
     )
-    _write(png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(args.num)))), npz, samples=x0.cpu().numpy(), **arrays)
+    write_outputs(
+        png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(args.num)))), npz, samples=x0.cpu().numpy(), **arrays
+    )
     nfe = sum(s.nfe for s in sols) // len(sols)
     print(f"{args.num} samples, solver={plan.solver}, n={plan.steps}, NFE={nfe}, {wall:.1f}s -> {png}, {npz}")
 
@@ -647,13 +365,13 @@ def cmd_encode(args: argparse.Namespace) -> None:
     if getattr(args, "shard_dir", None) is not None:
         _to_dir(args, "encode")
         return
-    (npz,) = _outputs(args.out, ".npz")
+    (npz,) = output_paths(args.out, ".npz")
     m = _load(args, args.batch_size)
-    x0 = _load_images(args.input, m.shape).to(m.device)
-    plan = _plan(args, m.schedule, encoding=True)
+    x0 = read_images(args.input, m.shape).to(m.device)
+    plan = _plan(args, m, encoding=True)
     with torch.no_grad():
         sols = _batched(
-            lambda xb: encode(xb, plan.solver, plan.steps, return_solution=True, **plan.run_kwargs(m)),
+            lambda xb: encode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
             x0,
             args.batch_size,
             "encoding",
@@ -672,35 +390,35 @@ def cmd_encode(args: argparse.Namespace) -> None:
         model=m.source,
         state_arrays=state,
     )
-    _write(npz=npz, **arrays)
+    write_outputs(npz=npz, **arrays)
     print(f"encoded {x0.shape[0]} images with {plan.solver}, n={plan.steps} -> {npz}")
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
     lf = read_latents(args.input)
-    png, npz = _outputs(args.out, ".png", ".npz")
+    png, npz = output_paths(args.out, ".png", ".npz")
     m = _load(args, len(lf.latents), model=args.model or lf.model)
     lat = _latents(lf, m, args.input)
-    plan = _plan(args, m.schedule, lf)
+    plan = _plan(args, m, lf)
     if _check_settings(args, lf, plan, m) and plan.reversible:
         lat = _with_state(lat, lf, args)
     with torch.no_grad():
         sols = _batched(
-            lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **plan.run_kwargs(m)),
+            lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
             lat,
             args.batch_size,
             "decoding",
             not args.quiet,
         )
     x0 = _cat(sols)
-    _write(png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(len(x0))))), npz, samples=x0.cpu().numpy())
+    write_outputs(png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(len(x0))))), npz, samples=x0.cpu().numpy())
     print(f"decoded {len(x0)} latents with {plan.solver}, n={plan.steps} -> {png}, {npz}")
 
 
-def _roundtrip(args: argparse.Namespace, m: _Model) -> tuple[Tensor, Tensor, float, _Plan]:
-    plan = _plan(args, m.schedule, encoding=True)
-    x0 = _load_images(args.input, m.shape)[: args.num].to(m.device)
-    kw = plan.run_kwargs(m)
+def _roundtrip(args: argparse.Namespace, m: _Model) -> tuple[Tensor, Tensor, float, Plan]:
+    plan = _plan(args, m, encoding=True)
+    x0 = read_images(args.input, m.shape)[: args.num].to(m.device)
+    kw = _run_kwargs(plan, m)
     with torch.no_grad():
         enc = encode(x0, plan.solver, plan.steps, return_solution=True, **kw)
         state = enc.state if plan.reversible else None  # other solvers' final state is no start for decoding
@@ -711,12 +429,12 @@ def _roundtrip(args: argparse.Namespace, m: _Model) -> tuple[Tensor, Tensor, flo
 
 
 def cmd_roundtrip(args: argparse.Namespace) -> None:
-    (png,) = _outputs(args.out, ".png")
+    (png,) = output_paths(args.out, ".png")
     m = _load(args, args.num)
     x0, rec, mse, plan = _roundtrip(args, m)
     diff = (rec - x0).abs() - 1.0  # |difference| shown on the same [-1, 1] → [0, 1] map
     panel = np.concatenate([to_unit(x0), to_unit(rec), to_unit(diff)])
-    _write(png, image_grid(panel, ncol=len(x0)))
+    write_outputs(png, image_grid(panel, ncol=len(x0)))
     print(
         f"round trip of {len(x0)} images, solver={plan.solver}, n={plan.steps}: "
         f"per-dimension MSE (data in [0, 1]) = {mse:.3e} -> {png} "
@@ -725,10 +443,10 @@ def cmd_roundtrip(args: argparse.Namespace) -> None:
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
-    png, cons = _outputs(args.out, ".png", "_consistency.png")
+    png, cons = output_paths(args.out, ".png", "_consistency.png")
     lf = read_latents(args.input) if args.input else None
     m = _load(args, args.frames, model=args.model or (lf.model if lf is not None else None))
-    plan = _plan(args, m.schedule, lf)
+    plan = _plan(args, m, lf)
     if lf is not None:
         _check_settings(args, lf, plan, m)
         if len(lf.latents) < 2:
@@ -747,19 +465,19 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     # the same x_T decoded with several n means something for noise, not for latents encoded with one n
     noise = lf is None or lf.kind != "encoded"
     grid = plan.grid if plan.grid in GRIDS else "uniform"
-    kw = {k: v for k, v in plan.run_kwargs(m).items() if k != "sigmas"}
+    kw = {k: v for k, v in _run_kwargs(plan, m).items() if k != "sigmas"}
     with torch.no_grad():
         strip = decode(lat, plan.solver, plan.steps, sigmas=plan.sigmas, **kw)
         consistency = (
             [decode(ends[:1], plan.solver, n, grid=grid, **kw) for n in args.consistency_steps] if noise else []
         )
     if consistency:
-        _write(png, image_grid(to_unit(strip), ncol=args.frames))
-        _write(cons, image_grid(to_unit(torch.cat(consistency)), ncol=len(consistency)))
+        write_outputs(png, image_grid(to_unit(strip), ncol=args.frames))
+        write_outputs(cons, image_grid(to_unit(torch.cat(consistency)), ncol=len(consistency)))
         steps = ", ".join(str(n) for n in args.consistency_steps)
         print(f"slerp strip of {args.frames} frames -> {png}; same x_T decoded with n = {steps} -> {cons}")
     else:
-        _write(png, image_grid(to_unit(strip), ncol=args.frames))
+        write_outputs(png, image_grid(to_unit(strip), ncol=args.frames))
         print(f"slerp strip of {args.frames} frames -> {png} (no consistency strip for encoded latents)")
 
 
@@ -785,7 +503,7 @@ def cmd_likelihood(args: argparse.Namespace) -> None:
     if args.out:
         check_writable(args.out)
     m = _load(args, args.batch_size or args.num)
-    x = _load_images(args.input, m.shape)[: args.num].to(m.device, torch.float64)
+    x = read_images(args.input, m.shape)[: args.num].to(m.device, torch.float64)
     bin_width = args.bin_width
     if bin_width is None and args.input.startswith("digits"):
         bin_width = 2.0 / 16.0  # digits pixels are integers 0..16 mapped to [-1, 1]

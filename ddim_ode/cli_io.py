@@ -15,14 +15,18 @@ others write:
   actually used, ending at 0), ``model`` (``"default"`` or the model directory) and, for a reversible solver,
   its auxiliary state as ``aux_*`` arrays (:func:`~ddim_ode.solvers.reversible.state_to_arrays`).
 
-Readers raise ``ValueError`` naming the file and what is wrong with it; :func:`check_writable`
-tells before any work is done whether an output can be written.
+Readers (:func:`read_images`, :func:`read_latents`) raise ``ValueError`` naming the file and what
+is wrong with it; :func:`output_paths` and :func:`check_writable` tell before any work is done
+whether the outputs can be written, and :func:`write_outputs` writes a command's files together
+(each to a temporary name first, renamed only when all are written).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import struct
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -30,8 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
+from torch import Tensor
 
-from ._files import TMP_MARK
+from ._files import TMP_MARK, atomic_path, save_npz, save_png
 
 __all__ = [
     "IMAGE_KEYS",
@@ -39,6 +45,9 @@ __all__ = [
     "LatentFile",
     "check_writable",
     "check_writable_dir",
+    "output_paths",
+    "read_images",
+    "write_outputs",
     "image_array_key",
     "latent_arrays",
     "read_latents",
@@ -248,3 +257,70 @@ def _check_folder_writable(folder: Path, what: str) -> None:
         raise ValueError(f"cannot write {what}: cannot create files in {existing} ({err.strerror})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+#: suffixes that name another file format than the .png/.npz the commands write
+_OTHER_FORMATS = (".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".npy", ".pt", ".pth", ".json")
+
+
+def output_paths(out: str, *suffixes: str) -> list[Path]:
+    """The files of ``--out NAME[.png|.npz]``: NAME + each suffix, checked to be writable."""
+    if not out.strip():
+        raise ValueError("--out is empty; give a file name")
+    p = Path(out)
+    if out.endswith(("/", os.sep)) or p.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {p / ('out' + suffixes[0])}")
+    suffix = p.suffix.lower()
+    if suffix in _OTHER_FORMATS:
+        raise ValueError(f"--out {out}: this command writes {' and '.join(suffixes)}; give NAME{suffixes[0]}")
+    stem = str(p.with_suffix("")) if suffix in (".png", ".npz") else out
+    paths = [Path(stem + s) for s in suffixes]
+    for path in paths:
+        check_writable(path)
+    return paths
+
+
+def write_outputs(
+    png: Path | None = None, image: np.ndarray | None = None, npz: Path | None = None, **arrays: Any
+) -> None:
+    """Write a PNG and/or an .npz, both or neither: each goes to a temporary name first."""
+    with contextlib.ExitStack() as stack:
+        if png is not None and image is not None:
+            save_png(stack.enter_context(atomic_path(png)), image)
+        if npz is not None:
+            save_npz(stack.enter_context(atomic_path(npz)), **arrays)
+
+
+def read_images(path: str, shape: tuple[int, ...]) -> Tensor:
+    """Images from 'digits', 'digits:heldout', a .npy/.npz (``images`` or ``samples``) or a PNG folder."""
+    from .data import load_array, load_digits, load_png_folder
+
+    samples = False
+    if path in ("digits", "digits:heldout"):
+        x = load_digits("heldout" if path.endswith("heldout") else "train")
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise ValueError(f"no such file or folder: {path}")
+        try:
+            if p.is_dir():
+                x = load_png_folder(p)
+            elif p.suffix.lower() in (".npy", ".npz"):
+                key = image_array_key(p)
+                samples = key == SAMPLES_KEY
+                if samples:  # the commands' own output, read as it is
+                    x = torch.from_numpy(read_samples(p))
+                else:
+                    x = load_array(p) if key is None else load_array(p, key=key)
+            else:
+                raise ValueError(
+                    f"{path}: unsupported input; allowed: digits, digits:heldout, .npy, .npz, a PNG folder"
+                )
+        # unreadable files: a truncated or corrupted archive, a broken PNG (Pillow raises SyntaxError for some)
+        except (OSError, EOFError, KeyError, SyntaxError, zipfile.BadZipFile, struct.error) as err:
+            raise ValueError(f"cannot read images from {path}: {' '.join(str(err).split())}") from None
+    if tuple(x.shape[1:]) != shape:
+        raise ValueError(f"images have shape {tuple(x.shape[1:])}, the model needs {shape} (C, H, W)")
+    if not samples and (float(x.min()) < -1.0001 or float(x.max()) > 1.0001):
+        raise ValueError("images must be scaled to [-1, 1]")
+    return x
