@@ -3,75 +3,121 @@
 In the coordinates x̄ = x/√ᾱ and σ = √((1 − ᾱ)/ᾱ) a DDPM ε-network defines
 dx̄/dσ = ε_θ(x̄/√(1 + σ²), t(σ)); DDIM is its Euler discretisation. Every Gaussian path
 x_t = a x0 + s ε (variance-preserving, variance-exploding/EDM, rectified flow) gives the same ODE
-in x̄ = x_t/a, σ = s/a. :func:`integrate`,
-:func:`decode` (noise → data) and :func:`encode` (data → noise) integrate it with any
-registered solver (:func:`list_solvers`).
+in x̄ = x_t/a, σ = s/a. :func:`integrate`, :func:`decode` (noise → data) and :func:`encode`
+(data → noise) integrate it with any registered solver (:func:`list_solvers`).
+
+The names below are imported on first use (PEP 562), so ``import ddim_ode`` costs nothing and the
+command line can set up its threads before PyTorch loads (:mod:`ddim_ode.threads`).
 """
 
-from typing import Any
+from __future__ import annotations
 
-from . import adjoint, grids, likelihood, solvers
-from .adjoint import ContinuousAdjoint, DiscreteAdjoint
-from .core import Solution, from_xbar, solve, to_xbar
-from .field import PREDICTIONS, NullConditionModel, ProbabilityFlowODE, SigmaModel
-from .grids import GRIDS, make_grid
-from .integrate import decode, encode, integrate
-from .likelihood import LikelihoodResult, log_likelihood
-from .models import ResolvedModel, resolve_model
-from .precond import EDMPrecond
-from .schedules import ContinuousSchedule, DiscreteSchedule, FlowSchedule, Schedule, VESchedule
-from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, list_solvers, register
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-#: submodules imported on first use (they pull in scipy), e.g. ``ddim_ode.analytic``
-_LAZY_SUBMODULES = ("analytic",)
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "DiscreteAdjoint": "adjoint",
+    "ContinuousAdjoint": "adjoint",
+    "Adjoint": "core",
+    "Solution": "core",
+    "from_xbar": "core",
+    "solve": "core",
+    "to_xbar": "core",
+    "decode": "driver",
+    "encode": "driver",
+    "integrate": "driver",
+    "PREDICTIONS": "field",
+    "NullConditionModel": "field",
+    "ProbabilityFlowODE": "field",
+    "SigmaModel": "field",
+    "GRIDS": "grids",
+    "make_grid": "grids",
+    "LikelihoodResult": "likelihood",
+    "log_likelihood": "likelihood",
+    "ResolvedModel": "models",
+    "resolve_model": "models",
+    "EDMPrecond": "precond",
+    "ContinuousSchedule": "schedules",
+    "DiscreteSchedule": "schedules",
+    "FlowSchedule": "schedules",
+    "Schedule": "schedules",
+    "VESchedule": "schedules",
+    "ReversibleLatent": "solvers",
+    "Solver": "solvers",
+    "SolverInfo": "solvers",
+    "get_solver": "solvers",
+    "list_solvers": "solvers",
+    "register": "solvers",
+}
+_SUBMODULES = ("adjoint", "analytic", "grids", "likelihood", "solvers")
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_SUBMODULES:
-        import importlib
-
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+if TYPE_CHECKING:
+    from . import adjoint, analytic, grids, likelihood, solvers
+    from .adjoint import ContinuousAdjoint, DiscreteAdjoint
+    from .core import Adjoint, Solution, from_xbar, solve, to_xbar
+    from .driver import decode, encode, integrate
+    from .field import PREDICTIONS, NullConditionModel, ProbabilityFlowODE, SigmaModel
+    from .grids import GRIDS, make_grid
+    from .likelihood import LikelihoodResult, log_likelihood
+    from .models import ResolvedModel, resolve_model
+    from .precond import EDMPrecond
+    from .schedules import ContinuousSchedule, DiscreteSchedule, FlowSchedule, Schedule, VESchedule
+    from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, list_solvers, register
 
 __all__ = [
     "adjoint",
     "analytic",
+    "grids",
     "likelihood",
     "solvers",
-    "LikelihoodResult",
-    "log_likelihood",
     "DiscreteAdjoint",
     "ContinuousAdjoint",
-    "grids",
-    "ContinuousSchedule",
-    "DiscreteSchedule",
-    "Schedule",
-    "VESchedule",
-    "FlowSchedule",
-    "EDMPrecond",
+    "Adjoint",
+    "Solution",
+    "from_xbar",
+    "solve",
+    "to_xbar",
+    "decode",
+    "encode",
+    "integrate",
+    "PREDICTIONS",
     "NullConditionModel",
     "ProbabilityFlowODE",
     "SigmaModel",
-    "PREDICTIONS",
     "GRIDS",
     "make_grid",
-    "Solution",
-    "integrate",
-    "decode",
-    "encode",
-    "solve",
-    "to_xbar",
-    "from_xbar",
+    "LikelihoodResult",
+    "log_likelihood",
+    "ResolvedModel",
+    "resolve_model",
+    "EDMPrecond",
+    "ContinuousSchedule",
+    "DiscreteSchedule",
+    "FlowSchedule",
+    "Schedule",
+    "VESchedule",
     "ReversibleLatent",
     "Solver",
     "SolverInfo",
     "get_solver",
-    "register",
     "list_solvers",
-    "resolve_model",
-    "ResolvedModel",
+    "register",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

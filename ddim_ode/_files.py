@@ -80,12 +80,9 @@ def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
-    """Save an ``(H, W)`` or ``(H, W, 3)`` array in [0, 1] as PNG, atomically."""
-    import matplotlib
+    """Save an ``(H, W)`` or ``(H, W, 3)`` array in [0, 1] as an 8-bit grayscale or RGB PNG, atomically."""
+    from PIL import Image  # Pillow (a dependency of matplotlib): far cheaper to import than pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    img = np.clip(image, 0.0, 1.0)
+    img = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     with atomic_path(path) as tmp:
-        plt.imsave(tmp, img, cmap="gray" if img.ndim == 2 else None, vmin=0.0, vmax=1.0, format="png")
+        Image.fromarray(img).save(tmp, format="PNG")

@@ -1,6 +1,6 @@
 """Validation of what callers pass to the public entry points, once, with messages that say what is allowed.
 
-The driver (:mod:`ddim_ode.integrate`) and the likelihood (:mod:`ddim_ode.likelihood`) check
+The driver (:mod:`ddim_ode.driver`) and the likelihood (:mod:`ddim_ode.likelihood`) check
 their input here; the code below them trusts its input.
 """
 

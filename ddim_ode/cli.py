@@ -1,18 +1,29 @@
 """The ``ddim-ode`` command line.
 
 Subcommands: ``demo``, ``sample``, ``encode``, ``decode``, ``roundtrip``, ``interpolate``,
-``train`` and ``solvers``. Every command uses the built-in model unless ``--model`` names
-another, and exits non-zero with a one-line message on bad input. Output files are written
-atomically (nothing half-written is left behind on failure or Ctrl-C).
+``likelihood``, ``train``, ``bench``, ``merge`` and ``solvers``. Every command uses the built-in
+model unless ``--model`` names another. Each command reads the files the others write (the array
+names and the decoding settings stored beside latents are described in :mod:`ddim_ode.cli_io`).
+
+Errors: a problem the user can fix (bad arguments or files, an output that cannot be written, an
+unavailable device, a run that produced NaN) is reported on one line and exits with status 2,
+before any work when it can be known before; outputs are checked to be writable first and written
+atomically, so a failed or interrupted run leaves nothing behind. Anything else is a bug and shows
+its traceback; ``DDIM_ODE_DEBUG=1`` shows the traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
+import os
 import sys
 import time
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +31,94 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._files import save_npz, save_png
+from ._files import atomic_path
+from .cli_io import (
+    LatentFile,
+    check_writable,
+    check_writable_dir,
+    latent_arrays,
+    output_paths,
+    read_images,
+    read_latents,
+    write_outputs,
+)
+from .cli_plan import Plan, describe_record, make_plan, mismatches
 from .core import Solution
+from .driver import decode, encode
+from .grids import GRIDS
 from .images import image_grid, slerp, to_unit
-from .integrate import decode, encode
-from .solvers import SOLVERS, get_solver, list_solvers
-from .solvers.reversible import concat_states, state_from_arrays, state_to_arrays
+from .models import resolve_model
+from .schedules import Schedule
+from .solvers import SOLVERS, list_solvers
+from .solvers.reversible import ReversibleLatent, concat_states, state_from_arrays, state_to_arrays
+from .threads import set_threads_for
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "CLIError", "DEBUG_VARIABLE"]
+
+#: set to 1 to see the traceback of a user error instead of the one-line message
+DEBUG_VARIABLE = "DDIM_ODE_DEBUG"
+
+EPILOG = f"""\
+exit status: 0 on success; 2 on a usage or input error, reported on one line naming the problem
+(set {DEBUG_VARIABLE}=1 for its traceback); 130 when interrupted. Any other failure is a bug and
+prints a Python traceback. Outputs are checked to be writable before the work starts and written
+atomically. CPU threads: idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE) and the number of
+threads follows the batch size and the idle cores, unless OMP_WAIT_POLICY, OMP_NUM_THREADS or
+MKL_NUM_THREADS is set.
+"""
 
 
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+#: what the user can fix: bad arguments or files, an unwritable output, a missing optional
+#: package, a device that is not there, a run that diverged or did not fit in memory
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CLIError,
+    ValueError,
+    OSError,
+    FloatingPointError,
+    ImportError,
+    MemoryError,
+    torch.OutOfMemoryError,
+)
+
+
+def _message(err: BaseException) -> str:
+    """One line describing a user error."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        first = (str(err).strip().splitlines() or [""])[0]
+        return f"out of memory ({first or type(err).__name__}); lower --batch-size or --num"
+    if isinstance(err, OSError) and err.filename is not None:
+        text = f"{err.strerror or err}: {err.filename}"
+        return text if err.filename2 is None else f"{text} -> {err.filename2}"
+    return " ".join((str(err) or type(err).__name__).split())
+
+
+def _guarded(command: str, run: Callable[[], Any]) -> int:
+    """Run a command under the error policy (see the module docstring); returns the exit status."""
+    try:
+        run()
+    except KeyboardInterrupt:
+        print(f"ddim-ode {command}: interrupted; no partial output was written", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if os.environ.get(DEBUG_VARIABLE, "").strip() not in ("", "0"):
+            raise
+        print(f"ddim-ode {command}: error: {_message(err)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _warn(command: str, text: str) -> None:
+    print(f"ddim-ode {command}: warning: {text}", file=sys.stderr)
+
+
 # ---------------------------------------------------------------------------------------------
 # helpers shared by the subcommands
+
+DEVICES = "auto, cpu, cuda, cuda:N, mps"
 
 
 def _device(name: str | None) -> torch.device:
@@ -43,61 +126,101 @@ def _device(name: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError as err:
-        raise CLIError(f"bad --device {name!r}: {err}; use e.g. cpu, cuda, cuda:1 or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda requested but CUDA is not available; use --device cpu")
-    return dev
+    except RuntimeError:
+        raise CLIError(f"bad --device {name!r}; allowed: {DEVICES}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"--device {name} requested but CUDA is not available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CLIError(f"--device {name} requested but MPS (Apple GPU) is not available; use --device cpu")
+        return dev
+    raise CLIError(f"unsupported --device {name!r}; allowed: {DEVICES}")
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any], torch.device]:
-    from .io import load_any
+@dataclass(frozen=True)
+class _Model:
+    """A loaded model with what the commands need to know about it."""
+
+    model: Any
+    schedule: Schedule
+    prediction: str
+    shape: tuple[int, ...]
+    device: torch.device
+    source: str  # "default" or the resolved model directory: what latent files record
+
+
+def _model_id(name: str | None) -> str:
+    return "default" if name in (None, "default") else str(Path(str(name)).resolve())
+
+
+def _load(args: argparse.Namespace, batch: int, model: str | None = None) -> _Model:
+    """The model named by ``model`` (default ``--model``), on ``--device``; sets the CLI's threads."""
+    from .io import sample_shape
 
     dev = _device(args.device)
+    name = model or args.model or "default"
+    res = resolve_model(name, device=dev)
+    net = res.model
     try:
-        model, schedule, meta = load_any(args.model, device=dev)
-    except (FileNotFoundError, ValueError, ImportError) as err:  # ModelFormatError is a ValueError
+        shape = sample_shape(res.metadata)
+    except ValueError as err:
         raise CLIError(str(err)) from None
-    model.eval()
     if getattr(args, "half", False):  # the network runs in half precision; the solver state stays float32
-        model = model.to(torch.bfloat16 if dev.type == "cpu" else torch.float16)
+        net = copy.deepcopy(net).to(torch.bfloat16 if dev.type == "cpu" else torch.float16)  # loaded models are shared
     if getattr(args, "compile", False):
-        model = torch.compile(model)
-    return model, schedule, meta, dev
+        net = torch.compile(net)
+    if getattr(args, "choose_threads", False) and dev.type == "cpu":
+        set_threads_for(min(batch, args.batch_size or batch) * math.prod(shape))
+    return _Model(net, res.schedule, res.prediction, shape, dev, _model_id(name))
 
 
-def _solver_options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise CLIError(f"bad --solver-option {pair!r}; use KEY=VALUE, e.g. eta=0.5")
-        key, val = pair.split("=", 1)
-        try:
-            out[key] = json.loads(val)
-        except json.JSONDecodeError:
-            out[key] = val
-    return out
-
-
-def _run_kwargs(args: argparse.Namespace, model: Any, schedule: Any, meta: dict[str, Any]) -> dict[str, Any]:
-    if args.solver not in SOLVERS:
-        raise CLIError(f"unknown solver {args.solver!r}; available: {', '.join(sorted(SOLVERS))}")
-    return dict(
-        model=model,
-        schedule=schedule,
+def _plan(args: argparse.Namespace, m: _Model, stored: LatentFile | None = None, encoding: bool = False) -> Plan:
+    """The plan of this command line (see :func:`~ddim_ode.cli_plan.make_plan`)."""
+    return make_plan(
+        m.schedule,
+        solver=args.solver,
+        solver_option=args.solver_option,
+        steps=args.steps,
         grid=args.grid,
-        prediction=meta.get("prediction", "eps"),
-        solver_options=_solver_options(args.solver_option),
+        sigmas=args.sigmas,
+        timesteps=args.timesteps,
+        stored=stored,
+        encoding=encoding,
     )
 
 
-def _event_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    from .io import sample_shape
+def _run_kwargs(plan: Plan, m: _Model) -> dict[str, Any]:
+    """The keyword arguments of decode/encode for ``plan`` with the model ``m``."""
+    return dict(
+        model=m.model, schedule=m.schedule, sigmas=plan.sigmas, prediction=m.prediction, solver_options=plan.options
+    )
 
-    try:
-        return sample_shape(meta)
-    except ValueError as err:
-        raise CLIError(str(err)) from None
+
+def _check_settings(args: argparse.Namespace, stored: LatentFile, plan: Plan, m: _Model) -> bool:
+    """Whether ``plan`` decodes ``stored`` with its recorded settings; refuses a mismatch on encoded latents.
+
+    Encoded latents reconstruct their images only with the settings they were encoded with, so a
+    different solver, n, grid or model is refused unless ``--allow-mismatch`` (then a warning).
+    Noise (from ``sample``) decodes to a valid sample with any settings.
+    """
+    diffs = mismatches(stored, plan, m.source)
+    if not diffs:
+        return True
+    if stored.kind == "encoded":
+        text = f"{args.input} was encoded with {describe_record(stored)}; this run differs: {'; '.join(diffs)}"
+        if not args.allow_mismatch:
+            raise CLIError(
+                f"{text}. Omit --solver/-n/--grid/--sigmas/--timesteps/--model to use the recorded settings, "
+                "or pass --allow-mismatch to decode anyway"
+            )
+        _warn(args.command, f"{text}; the result will not reconstruct the encoded images")
+    return False
 
 
 def _noise(num: int, shape: tuple[int, ...], seed: int, device: torch.device) -> Tensor:
@@ -113,7 +236,8 @@ def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
 
 
-def _batched(fn: Any, x: Tensor, batch_size: int, desc: str, show: bool) -> list[Solution]:
+def _batched(fn: Callable[[Tensor], Solution], x: Tensor, batch_size: int, desc: str, show: bool) -> list[Solution]:
+    """``fn`` on consecutive batches of ``x`` (a ``ReversibleLatent`` hands each batch its rows of the state)."""
     outs = []
     with _progress(x.shape[0], desc, show) as bar:
         for start in range(0, x.shape[0], batch_size):
@@ -122,27 +246,33 @@ def _batched(fn: Any, x: Tensor, batch_size: int, desc: str, show: bool) -> list
     return outs
 
 
-def _stem(out: str) -> Path:
-    p = Path(out)
-    return p.with_suffix("") if p.suffix.lower() in (".png", ".npz") else p
+def _cat(sols: list[Solution]) -> Tensor:
+    return torch.cat([s.x.as_subclass(Tensor) for s in sols])
 
 
-def _load_images(path: str, shape: tuple[int, ...]) -> Tensor:
-    from .data import load_dataset
+def _latents(lf: LatentFile, m: _Model, path: str) -> Tensor:
+    lat = torch.from_numpy(np.ascontiguousarray(lf.latents, dtype=np.float32)).to(m.device)
+    if tuple(lat.shape[1:]) != m.shape:
+        raise CLIError(f"{path}: latents have shape {tuple(lat.shape[1:])}, the model needs {m.shape} (C, H, W)")
+    return lat
 
-    if path in ("digits", "digits:heldout"):
-        from .data import load_digits
 
-        x = load_digits("heldout" if path.endswith("heldout") else "train")
-    else:
-        if not Path(path).exists():
-            raise CLIError(f"no such file or folder: {path}")
-        x = load_dataset(path)
-    if tuple(x.shape[1:]) != shape:
-        raise CLIError(f"images have shape {tuple(x.shape[1:])}, the model needs {shape} (C, H, W)")
-    if float(x.min()) < -1.0001 or float(x.max()) > 1.0001:
-        raise CLIError("images must be scaled to [-1, 1]")
-    return x
+def _with_state(lat: Tensor, lf: LatentFile, args: argparse.Namespace) -> Tensor:
+    """``lat`` carrying the stored auxiliary state of a reversible solver (checked against it)."""
+    path = args.input
+    try:
+        state = state_from_arrays(lf.state_arrays, device=lat.device, dtype=lat.dtype)
+    except (KeyError, ValueError, TypeError) as err:
+        raise CLIError(
+            f"{path}: unreadable auxiliary state ({_message(err)}); re-create it with `ddim-ode encode`"
+        ) from None
+    if state is None:
+        if lf.kind == "encoded":
+            _warn(args.command, f"{path} stores no auxiliary state: {lf.solver} decodes afresh, not exactly")
+        return lat
+    if any(isinstance(v, Tensor) and v.shape != lat.shape for v in vars(state).values()):
+        raise CLIError(f"{path}: the auxiliary state does not match the latents' shape {tuple(lat.shape)}")
+    return ReversibleLatent.wrap(lat, state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,25 +283,29 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
     """``sample``/``encode`` with ``--out-dir``: resumable shards, on every rank of a torchrun job."""
     from .distributed import encode_to_dir, process_group, sample_to_dir
 
+    if args.sigmas is not None or args.timesteps is not None:
+        raise CLIError("--sigmas/--timesteps cannot be combined with --out-dir; use -n and --grid")
+    check_writable_dir(args.shard_dir)
     with process_group() as info:
-        model, schedule, meta, dev = _load(args)
+        m = _load(args, args.shard_size)
+        plan = _plan(args, m, encoding=kind == "encode")
         kw: dict[str, Any] = dict(
-            model=model,
-            schedule=schedule,
-            solver=args.solver,
-            n=args.steps,
-            grid=args.grid,
+            model=m.model,
+            schedule=m.schedule,
+            solver=plan.solver,
+            n=plan.steps,
+            grid=plan.grid,
             batch_size=args.batch_size,
             shard_size=args.shard_size,
-            device=dev,
-            prediction=meta.get("prediction", "eps"),
-            solver_options=_solver_options(args.solver_option),
+            device=m.device,
+            prediction=m.prediction,
+            solver_options=plan.options,
             progress=not args.quiet and info.rank == 0,
         )
         if kind == "sample":
-            res = sample_to_dir(args.shard_dir, args.num, seed=args.seed, shape=_event_shape(meta), **kw)
+            res = sample_to_dir(args.shard_dir, args.num, seed=args.seed, shape=m.shape, **kw)
         else:
-            res = encode_to_dir(_load_images(args.input, _event_shape(meta)), args.shard_dir, **kw)
+            res = encode_to_dir(read_images(args.input, m.shape), args.shard_dir, **kw)
     if info.rank == 0:
         print(
             f"{res.num} {'samples' if kind == 'sample' else 'latents'} in {res.out_dir}: "
@@ -183,6 +317,8 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
 def cmd_merge(args: argparse.Namespace) -> None:
     from .distributed import merge_dir
 
+    if not Path(args.out_dir).is_dir():
+        raise CLIError(f"no such folder: {args.out_dir} (give the folder of an --out-dir run)")
     print(f"merged {args.out_dir} -> {merge_dir(args.out_dir)}")
 
 
@@ -190,148 +326,181 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if getattr(args, "shard_dir", None) is not None:
         _to_dir(args, "sample")
         return
-    model, schedule, meta, dev = _load(args)
-    kw = _run_kwargs(args, model, schedule, meta)
-    x_T = _noise(args.num, _event_shape(meta), args.seed, dev)
+    png, npz = output_paths(args.out, ".png", ".npz")
+    m = _load(args, args.num)
+    plan = _plan(args, m)
+    x_T = _noise(args.num, m.shape, args.seed, m.device)
     t0 = time.perf_counter()
     with torch.no_grad():
         sols = _batched(
-            lambda xb: decode(xb, args.solver, args.steps, return_solution=True, **kw),
+            lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
             x_T,
             args.batch_size,
             "sampling",
             not args.quiet,
         )
-    x0 = torch.cat([s.x for s in sols])
+    x0 = _cat(sols)
     wall = time.perf_counter() - t0
-    stem = _stem(args.out)
-    save_png(stem.with_suffix(".png"), image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(args.num)))))
-    save_npz(stem.with_suffix(".npz"), samples=x0.cpu().numpy(), latents=x_T.cpu().numpy())
+    arrays = latent_arrays(
+        x_T.cpu().numpy(),
+        kind="noise",
+        solver=plan.solver,
+        solver_options=plan.options,
+        grid=plan.grid,
+        steps=plan.steps,
+        sigmas=plan.sigmas,
+        model=m.source,
+    )
+    write_outputs(
+        png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(args.num)))), npz, samples=x0.cpu().numpy(), **arrays
+    )
     nfe = sum(s.nfe for s in sols) // len(sols)
-    print(f"{args.num} samples, solver={args.solver}, n={args.steps}, NFE={nfe}, {wall:.1f}s -> {stem}.png, {stem}.npz")
+    print(f"{args.num} samples, solver={plan.solver}, n={plan.steps}, NFE={nfe}, {wall:.1f}s -> {png}, {npz}")
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
     if getattr(args, "shard_dir", None) is not None:
         _to_dir(args, "encode")
         return
-    model, schedule, meta, dev = _load(args)
-    kw = _run_kwargs(args, model, schedule, meta)
-    x0 = _load_images(args.input, _event_shape(meta)).to(dev)
+    (npz,) = output_paths(args.out, ".npz")
+    m = _load(args, args.batch_size)
+    x0 = read_images(args.input, m.shape).to(m.device)
+    plan = _plan(args, m, encoding=True)
     with torch.no_grad():
         sols = _batched(
-            lambda xb: encode(xb, args.solver, args.steps, return_solution=True, **kw),
+            lambda xb: encode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
             x0,
             args.batch_size,
             "encoding",
             not args.quiet,
         )
-    latents = torch.cat([s.x for s in sols])
-    stem = _stem(args.out)
-    arrays = {"latents": latents.cpu().numpy()}
-    if sols[0].state is not None:  # a reversible solver: store its auxiliary state for an exact decode
-        arrays.update(state_to_arrays(concat_states([s.state for s in sols])))
-    save_npz(stem.with_suffix(".npz"), solver=np.array(args.solver), steps=np.array(args.steps), **arrays)
-    print(f"encoded {x0.shape[0]} images with {args.solver}, n={args.steps} -> {stem}.npz")
+    # a reversible solver: store its auxiliary state for an exact decode
+    state = state_to_arrays(concat_states([s.state for s in sols])) if plan.reversible else None
+    arrays = latent_arrays(
+        _cat(sols).cpu().numpy(),
+        kind="encoded",
+        solver=plan.solver,
+        solver_options=plan.options,
+        grid=plan.grid,
+        steps=plan.steps,
+        sigmas=plan.sigmas,
+        model=m.source,
+        state_arrays=state,
+    )
+    write_outputs(npz=npz, **arrays)
+    print(f"encoded {x0.shape[0]} images with {plan.solver}, n={plan.steps} -> {npz}")
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    model, schedule, meta, dev = _load(args)
-    kw = _run_kwargs(args, model, schedule, meta)
-    if not Path(args.input).is_file():
-        raise CLIError(f"no such file: {args.input}")
-    with np.load(args.input) as data:
-        if "latents" not in data:
-            raise CLIError(f"{args.input} has no 'latents' array (write it with `ddim-ode encode`)")
-        lat = torch.from_numpy(data["latents"]).to(dev)
-        # the auxiliary state of a reversible solver, used when decoding with a reversible solver
-        aux = state_from_arrays(data, device=dev, dtype=lat.dtype) if get_solver(args.solver).reversible else None
-    if tuple(lat.shape[1:]) != _event_shape(meta):
-        raise CLIError(f"latents have shape {tuple(lat.shape[1:])}, the model needs {_event_shape(meta)}")
+    lf = read_latents(args.input)
+    png, npz = output_paths(args.out, ".png", ".npz")
+    m = _load(args, len(lf.latents), model=args.model or lf.model)
+    lat = _latents(lf, m, args.input)
+    plan = _plan(args, m, lf)
+    if _check_settings(args, lf, plan, m) and plan.reversible:
+        lat = _with_state(lat, lf, args)
     with torch.no_grad():
-        if aux is not None:
-            outs = [decode(lat, args.solver, args.steps, state=aux, **kw)]
-        else:
-            outs = [
-                s.x
-                for s in _batched(
-                    lambda xb: decode(xb, args.solver, args.steps, return_solution=True, **kw),
-                    lat,
-                    args.batch_size,
-                    "decoding",
-                    not args.quiet,
-                )
-            ]
-    x0 = torch.cat(outs)  # type: ignore[arg-type]
-    stem = _stem(args.out)
-    save_png(stem.with_suffix(".png"), image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(len(x0))))))
-    save_npz(stem.with_suffix(".npz"), samples=x0.cpu().numpy())
-    print(f"decoded {len(x0)} latents -> {stem}.png, {stem}.npz")
+        sols = _batched(
+            lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
+            lat,
+            args.batch_size,
+            "decoding",
+            not args.quiet,
+        )
+    x0 = _cat(sols)
+    write_outputs(png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(len(x0))))), npz, samples=x0.cpu().numpy())
+    print(f"decoded {len(x0)} latents with {plan.solver}, n={plan.steps} -> {png}, {npz}")
 
 
-def _roundtrip(args: argparse.Namespace, model: Any, schedule: Any, meta: dict[str, Any], dev: torch.device):  # type: ignore[no-untyped-def]
-    kw = _run_kwargs(args, model, schedule, meta)
-    x0 = _load_images(args.input, _event_shape(meta))[: args.num].to(dev)
+def _roundtrip(args: argparse.Namespace, m: _Model) -> tuple[Tensor, Tensor, float, Plan]:
+    plan = _plan(args, m, encoding=True)
+    x0 = read_images(args.input, m.shape)[: args.num].to(m.device)
+    kw = _run_kwargs(plan, m)
     with torch.no_grad():
-        enc = encode(x0, args.solver, args.steps, return_solution=True, **kw)
-        rec = decode(enc.x, args.solver, args.steps, state=enc.state, **kw)
+        enc = encode(x0, plan.solver, plan.steps, return_solution=True, **kw)
+        state = enc.state if plan.reversible else None  # other solvers' final state is no start for decoding
+        rec = decode(enc.x.as_subclass(Tensor), plan.solver, plan.steps, state=state, **kw)
     # per-dimension MSE with data scaled to [0, 1], as the DDIM paper's Table 2
     mse = float(((rec - x0) / 2).pow(2).mean())
-    return x0, rec, mse
+    return x0, rec, mse, plan
 
 
 def cmd_roundtrip(args: argparse.Namespace) -> None:
-    model, schedule, meta, dev = _load(args)
-    x0, rec, mse = _roundtrip(args, model, schedule, meta, dev)
+    (png,) = output_paths(args.out, ".png")
+    m = _load(args, args.num)
+    x0, rec, mse, plan = _roundtrip(args, m)
     diff = (rec - x0).abs() - 1.0  # |difference| shown on the same [-1, 1] → [0, 1] map
     panel = np.concatenate([to_unit(x0), to_unit(rec), to_unit(diff)])
-    stem = _stem(args.out)
-    save_png(stem.with_suffix(".png"), image_grid(panel, ncol=len(x0)))
+    write_outputs(png, image_grid(panel, ncol=len(x0)))
     print(
-        f"round trip of {len(x0)} images, solver={args.solver}, n={args.steps}: "
-        f"per-dimension MSE (data in [0, 1]) = {mse:.3e} -> {stem}.png "
+        f"round trip of {len(x0)} images, solver={plan.solver}, n={plan.steps}: "
+        f"per-dimension MSE (data in [0, 1]) = {mse:.3e} -> {png} "
         "(rows: originals | reconstructions | |difference|)"
     )
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
-    model, schedule, meta, dev = _load(args)
-    kw = _run_kwargs(args, model, schedule, meta)
-    shape = _event_shape(meta)
-    ends = _noise(2, shape, args.seed, dev)
-    alphas = torch.linspace(0, 1, args.frames)
-    lat = slerp(ends[:1], ends[1:], alphas).to(dev)
+    png, cons = output_paths(args.out, ".png", "_consistency.png")
+    lf = read_latents(args.input) if args.input else None
+    m = _load(args, args.frames, model=args.model or (lf.model if lf is not None else None))
+    plan = _plan(args, m, lf)
+    if lf is not None:
+        _check_settings(args, lf, plan, m)
+        if len(lf.latents) < 2:
+            raise CLIError(f"{args.input} holds {len(lf.latents)} latent(s); interpolation needs two")
+        ends = _latents(lf, m, args.input)[:2]
+        if lf.kind == "encoded" and plan.reversible:
+            _warn(
+                args.command,
+                f"{args.input} was encoded with the reversible {plan.solver}: its latents decode exactly only with "
+                "their auxiliary state, which interpolated latents do not have, so even the end frames are not the "
+                "images; encode with euler (DDIM inversion) to interpolate",
+            )
+    else:
+        ends = _noise(2, m.shape, args.seed, m.device)
+    lat = slerp(ends[:1], ends[1:], torch.linspace(0, 1, args.frames)).to(m.device)
+    # the same x_T decoded with several n means something for noise, not for latents encoded with one n
+    noise = lf is None or lf.kind != "encoded"
+    grid = plan.grid if plan.grid in GRIDS else "uniform"
+    kw = {k: v for k, v in _run_kwargs(plan, m).items() if k != "sigmas"}
     with torch.no_grad():
-        strip = decode(lat, args.solver, args.steps, **kw)
-        consistency = [decode(ends[:1], args.solver, n, **kw) for n in args.consistency_steps]
-    stem = _stem(args.out)
-    save_png(stem.with_suffix(".png"), image_grid(to_unit(strip), ncol=args.frames))
-    cons = Path(f"{stem}_consistency.png")
-    save_png(cons, image_grid(to_unit(torch.cat(consistency)), ncol=len(consistency)))
-    steps = ", ".join(str(n) for n in args.consistency_steps)
-    print(f"slerp strip of {args.frames} frames -> {stem}.png; same x_T decoded with n = {steps} -> {cons}")
+        strip = decode(lat, plan.solver, plan.steps, sigmas=plan.sigmas, **kw)
+        consistency = (
+            [decode(ends[:1], plan.solver, n, grid=grid, **kw) for n in args.consistency_steps] if noise else []
+        )
+    if consistency:
+        write_outputs(png, image_grid(to_unit(strip), ncol=args.frames))
+        write_outputs(cons, image_grid(to_unit(torch.cat(consistency)), ncol=len(consistency)))
+        steps = ", ".join(str(n) for n in args.consistency_steps)
+        print(f"slerp strip of {args.frames} frames -> {png}; same x_T decoded with n = {steps} -> {cons}")
+    else:
+        write_outputs(png, image_grid(to_unit(strip), ncol=args.frames))
+        print(f"slerp strip of {args.frames} frames -> {png} (no consistency strip for encoded latents)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Sample a grid of digits, then round-trip real digits with the chosen solver and with the
     exactly reversible BELM solver, all with the built-in model."""
     out = Path(args.out_dir)
+    check_writable_dir(out)
     t0 = time.perf_counter()
-    sample_args = argparse.Namespace(**{**vars(args), "num": 64, "out": str(out / "samples.png")})
+    sample_args = argparse.Namespace(**{**vars(args), "num": 64, "out": str(out / "samples.png"), "shard_dir": None})
     cmd_sample(sample_args)
     rt = {**vars(args), "num": 10, "input": "digits:heldout", "out": str(out / "roundtrip.png")}
     cmd_roundtrip(argparse.Namespace(**rt))
-    if args.solver != "belm":
-        cmd_roundtrip(argparse.Namespace(**{**rt, "solver": "belm", "out": str(out / "roundtrip_belm.png")}))
+    if (args.solver or "euler") != "belm":
+        rt_belm = {**rt, "solver": "belm", "solver_option": None, "out": str(out / "roundtrip_belm.png")}
+        cmd_roundtrip(argparse.Namespace(**rt_belm))
     print(f"demo done in {time.perf_counter() - t0:.1f}s; open {out / 'samples.png'} and {out / 'roundtrip.png'}")
 
 
 def cmd_likelihood(args: argparse.Namespace) -> None:
-    from ._files import atomic_path
     from .likelihood import log_likelihood
 
-    model, schedule, meta, dev = _load(args)
-    x = _load_images(args.input, _event_shape(meta))[: args.num].to(dev, torch.float64)
+    if args.out:
+        check_writable(args.out)
+    m = _load(args, args.batch_size or args.num)
+    x = read_images(args.input, m.shape)[: args.num].to(m.device, torch.float64)
     bin_width = args.bin_width
     if bin_width is None and args.input.startswith("digits"):
         bin_width = 2.0 / 16.0  # digits pixels are integers 0..16 mapped to [-1, 1]
@@ -339,8 +508,8 @@ def cmd_likelihood(args: argparse.Namespace) -> None:
         raise CLIError("--dequantize uniform needs --bin-width (e.g. 2/255 = 0.00784 for 8-bit images)")
     res = log_likelihood(
         x,
-        model,
-        schedule,
+        m.model,
+        m.schedule,
         method=args.method,
         rtol=args.rtol,
         atol=args.atol,
@@ -350,8 +519,8 @@ def cmd_likelihood(args: argparse.Namespace) -> None:
         sigma_min=args.sigma_min,
         dequantize=args.dequantize,
         bin_width=bin_width,
-        generator=torch.Generator(device=dev).manual_seed(args.seed),
-        prediction=meta.get("prediction", "eps"),
+        generator=torch.Generator(device=m.device).manual_seed(args.seed),
+        prediction=m.prediction,
         batch_size=args.batch_size,
     )
     summary = res.summary()
@@ -415,14 +584,34 @@ def cmd_solvers(args: argparse.Namespace) -> None:
 # the parser
 
 
-def _common(p: argparse.ArgumentParser, steps: int = 20) -> None:
-    p.add_argument("--model", default="default", help="'default' (built-in), a model directory or a diffusers UNet dir")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: cuda if available)")
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (exit status 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _common(p: argparse.ArgumentParser, steps: int = 20, recorded: bool = False) -> None:
+    """The model, device, solver and grid options; with ``recorded``, unset ones come from the input file."""
+    rec = " (default: the one recorded in --input, else {})" if recorded else " (default {})"
+    p.add_argument(
+        "--model", help="'default' (built-in), a model directory or a diffusers UNet dir" + rec.format("default")
+    )
+    p.add_argument("--device", default="auto", help=f"one of {DEVICES} (default auto: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--solver", default="euler", help="solver name; see `ddim-ode solvers` (default euler = DDIM)")
-    p.add_argument("-n", "--steps", type=int, default=steps, help=f"number of steps (default {steps})")
-    p.add_argument("--grid", default="uniform", help="uniform, quad, logsnr or karras (default uniform)")
-    p.add_argument("--solver-option", action="append", metavar="KEY=VALUE", help="solver constructor option")
+    p.add_argument("--solver", help="solver name; see `ddim-ode solvers`" + rec.format("euler = DDIM"))
+    p.add_argument("-n", "--steps", type=int, help="number of steps" + rec.format(steps))
+    p.add_argument("--grid", help=f"one of {', '.join(GRIDS)}" + rec.format("uniform"))
+    p.add_argument("--sigmas", metavar="S0,S1,...,0", help="explicit decoding grid of sigmas, decreasing to 0")
+    p.add_argument(
+        "--timesteps", metavar="T0,T1,...", help="explicit decreasing timesteps (a final step to t=0 is added)"
+    )
+    p.add_argument(
+        "--solver-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="solver constructor option, typed as the constructor declares (booleans: true/false, yes/no, 1/0)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off for many NFE)")
     p.add_argument(
@@ -444,8 +633,21 @@ def _sharded(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _mismatch_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="decode encoded latents with other settings than they record (a warning; not a reconstruction)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ddim-ode", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="ddim-ode",
+        description=(__doc__ or "").splitlines()[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="sample digits and show a round trip with the built-in model")
@@ -463,37 +665,48 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="number of samples (default 64); spell it --num-samples under torchrun, which takes --num itself",
     )
-    p.add_argument("--out", default="samples.png", help="output PNG; the arrays go to the same name .npz")
+    p.add_argument(
+        "--out",
+        default="samples.png",
+        help="output PNG; the same name .npz gets 'samples', the noise 'latents' and how they were decoded",
+    )
     _sharded(p)
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("encode", help="images -> latents (.npz)")
+    p = sub.add_parser("encode", help="images -> latents (.npz recording how to decode them)")
     _common(p)
-    p.add_argument("--input", required=True, help="'digits', 'digits:heldout', a .npy/.npz file or a PNG folder")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="'digits', 'digits:heldout', a .npy, a .npz (its 'images' or 'samples' array) or a PNG folder",
+    )
     p.add_argument("--out", default="latents.npz", help="output .npz (default latents.npz)")
     _sharded(p)
     p.set_defaults(func=cmd_encode)
 
-    p = sub.add_parser("decode", help="latents (.npz from `encode`) -> images (PNG + .npz)")
-    _common(p)
-    p.add_argument("--input", required=True, help=".npz with a 'latents' array")
-    p.add_argument("--out", default="decoded.png", help="output PNG (default decoded.png)")
+    p = sub.add_parser("decode", help="latents (.npz from `encode` or `sample`) -> images (PNG + .npz)")
+    _common(p, recorded=True)
+    p.add_argument("--input", required=True, help=".npz with a 'latents' array (as `encode` and `sample` write)")
+    p.add_argument("--out", default="decoded.png", help="output PNG; the .npz of the same name gets 'samples'")
+    _mismatch_flag(p)
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("roundtrip", help="encode then decode real digits; print the reconstruction MSE")
+    p = sub.add_parser("roundtrip", help="encode then decode images; print the reconstruction MSE")
     _common(p)
-    p.add_argument("--input", default="digits:heldout", help="images (default: held-out digits)")
+    p.add_argument("--input", default="digits:heldout", help="images, as for `encode` (default: held-out digits)")
     p.add_argument("--num", type=int, default=16, help="number of images (default 16)")
     p.add_argument("--out", default="roundtrip.png", help="output PNG (default roundtrip.png)")
     p.set_defaults(func=cmd_roundtrip)
 
     p = sub.add_parser("interpolate", help="slerp between two latents, and one latent decoded with several n")
-    _common(p)
+    _common(p, recorded=True)
+    p.add_argument("--input", help="interpolate between the first two latents of this .npz (default: seeded noise)")
     p.add_argument("--frames", type=int, default=9, help="frames in the strip (default 9)")
     p.add_argument(
         "--consistency-steps", type=int, nargs="+", default=[10, 20, 50, 100], help="n values for the consistency strip"
     )
     p.add_argument("--out", default="interpolation.png", help="output PNG (default interpolation.png)")
+    _mismatch_flag(p)
     p.set_defaults(func=cmd_interpolate)
 
     p = sub.add_parser("train", help="train a DDPM UNet (see `ddim-ode train --help`)", add_help=False)
@@ -501,9 +714,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("likelihood", help="exact log-likelihood (bits/dim) of images through the ODE")
     p.add_argument("--model", default="default", help="'default' (built-in), a model directory or a diffusers UNet dir")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", help=f"one of {DEVICES}")
     p.add_argument("--seed", type=int, default=0, help="seed of the Hutchinson probes and dequantisation noise")
-    p.add_argument("--input", default="digits:heldout", help="images (default: held-out digits)")
+    p.add_argument("--input", default="digits:heldout", help="images, as for `encode` (default: held-out digits)")
     p.add_argument("--num", type=int, default=32, help="number of images (default 32)")
     p.add_argument("--divergence", default="hutchinson", choices=("exact", "hutchinson"))
     p.add_argument("--probes", type=int, default=4, help="Hutchinson probes per evaluation (default 4)")
@@ -543,7 +756,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    for name in ("steps", "num", "batch_size", "frames", "shard_size"):
+    """Checks of single arguments, before anything is loaded."""
+    for name in ("steps", "num", "batch_size", "frames", "shard_size", "probes"):
         val = getattr(args, name, None)
         if isinstance(val, list):
             val = min(val)
@@ -552,35 +766,49 @@ def _validate(args: argparse.Namespace) -> None:
     for n in getattr(args, "consistency_steps", None) or []:
         if n < 1:
             raise CLIError(f"--consistency-steps values must be >= 1, got {n}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not -(2**63) <= seed < 2**63:
+        raise CLIError(f"--seed must fit in 64 bits, got {seed}")
+    for name in ("rtol", "atol", "bin_width"):
+        val = getattr(args, name, None)
+        if val is not None and not (math.isfinite(val) and val > 0):
+            raise CLIError(f"--{name.replace('_', '-')} must be a positive number, got {val}")
+    sigma_min = getattr(args, "sigma_min", None)
+    if sigma_min is not None and not (math.isfinite(sigma_min) and sigma_min >= 0):
+        raise CLIError(f"--sigma-min must be a number >= 0, got {sigma_min}")
     grid = getattr(args, "grid", None)
-    if grid is not None:
-        from .grids import GRIDS
+    if grid is not None and grid not in GRIDS:
+        raise CLIError(f"unknown grid {grid!r}; allowed: {', '.join(GRIDS)}")
+    solver = getattr(args, "solver", None)
+    if solver is not None and solver not in SOLVERS:
+        raise CLIError(f"unknown solver {solver!r}; available: {', '.join(sorted(SOLVERS))}")
+    explicit = [
+        f for f, v in (("--sigmas", "sigmas"), ("--timesteps", "timesteps")) if getattr(args, v, None) is not None
+    ]
+    if explicit and (len(explicit) > 1 or args.steps is not None or args.grid is not None):
+        raise CLIError(f"{explicit[0]} gives the whole grid: do not combine it with -n, --grid or {'/'.join(explicit)}")
 
-        if grid not in GRIDS:
-            raise CLIError(f"unknown grid {grid!r}; allowed: {', '.join(GRIDS)}")
 
+def main(argv: Sequence[str] | None = None, *, choose_threads: bool = False) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
-def main(argv: Sequence[str] | None = None) -> int:
+    ``choose_threads``: set PyTorch's CPU threads for the work (see :mod:`ddim_ode.threads`), as
+    the ``ddim-ode`` entry point does; off by default so that calling this function leaves the
+    calling process's settings alone.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train":
         from .train import main as train_main
 
-        train_main(argv[1:], prog="ddim-ode train")
-        return 0
+        return _guarded("train", lambda: train_main(argv[1:], prog="ddim-ode train"))
     args = build_parser().parse_args(argv)
-    try:
+    args.choose_threads = choose_threads
+
+    def run() -> None:
         _validate(args)
         args.func(args)
-    except CLIError as err:
-        print(f"ddim-ode {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
-        print(f"ddim-ode {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"ddim-ode {args.command}: interrupted; no partial output was written", file=sys.stderr)
-        return 130
-    return 0
+
+    return _guarded(args.command, run)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The core of every integration: :func:`solve` along a σ grid in DDIM coordinates, and what it returns.
 
-Everything above the solvers runs through here: the public driver (:mod:`ddim_ode.integrate`),
+Everything above the solvers runs through here: the public driver (:mod:`ddim_ode.driver`),
 the memory-free adjoints (:mod:`ddim_ode.adjoint`), the sharded sampler and the studies. The
 module owns
 

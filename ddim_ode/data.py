@@ -27,6 +27,7 @@ from torch import Tensor
 
 __all__ = [
     "DIGITS_HELDOUT",
+    "check_source",
     "load_digits",
     "load_digits_labels",
     "load_array",
@@ -169,6 +170,22 @@ def load_png_folder(path: str | Path) -> Tensor:
     return _scale_integer(np.stack(arrays), str(folder))
 
 
+def check_source(source: str | Path | Tensor | np.ndarray) -> None:
+    """Refuse a training-data source :func:`load_dataset` cannot read, without reading it."""
+    if isinstance(source, (Tensor, np.ndarray)):
+        return
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"data must be 'digits', a path or an (N, C, H, W) array, got {type(source).__name__}")
+    p = Path(source)
+    if str(source) == "digits" or p.is_dir() or (p.suffix.lower() in (".npy", ".npz") and p.is_file()):
+        return
+    if p.suffix.lower() in (".npy", ".npz"):
+        raise FileNotFoundError(f"no such data file: {str(source)!r}")
+    raise ValueError(
+        f"unknown data source {str(source)!r}; allowed: 'digits', a .npy/.npz file, a folder of PNG images"
+    )
+
+
 def load_dataset(source: str | Path | Tensor | np.ndarray) -> Tensor:
     """Training images from any supported source.
 
@@ -176,19 +193,12 @@ def load_dataset(source: str | Path | Tensor | np.ndarray) -> Tensor:
     PNG images, or an array/tensor already shaped ``(N, C, H, W)`` in ``[−1, 1]`` (checked: at
     least one image, every value finite and in range). Returned on the CPU.
     """
+    check_source(source)
     if isinstance(source, Tensor):
         return _check_scaled(source.detach().to("cpu", torch.float32), "in-memory data")
     if isinstance(source, np.ndarray):
         return _check_scaled(torch.from_numpy(np.asarray(source, dtype=np.float32)), "in-memory data")
-    if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(f"data must be 'digits', a path or an (N, C, H, W) array, got {type(source).__name__}")
     if str(source) == "digits":
         return load_digits("train")
     p = Path(source)
-    if p.is_dir():
-        return load_png_folder(p)
-    if p.suffix.lower() in (".npy", ".npz"):
-        return load_array(p)
-    raise ValueError(
-        f"unknown data source {str(source)!r}; allowed: 'digits', a .npy/.npz file, a folder of PNG images"
-    )
+    return load_png_folder(p) if p.is_dir() else load_array(p)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._files import TMP_MARK, atomic_write
-from .data import DIGITS_HELDOUT, DIGITS_SCALING, load_dataset
+from .data import DIGITS_HELDOUT, DIGITS_SCALING, check_source, load_dataset
 from .io import check_extra_metadata, load_weights_only, save_model, schedule_from_dict, schedule_to_dict
 from .ranges import check_bool, check_float, check_int
 from .schedules import DiscreteSchedule, Schedule
@@ -509,6 +509,7 @@ def train(
     )
     extra = _check_options(config, schedule, resume, progress, command, metadata)
     dev = _check_device(device)
+    check_source(data)
     out = _check_out_dir(out_dir)
 
     x, config, schedule = _prepare_data(data, config, schedule)
@@ -625,6 +626,7 @@ def _train_arguments(args: argparse.Namespace) -> dict[str, Any]:
     if arch:
         base = kw.get("config")
         if base is None:  # the default architecture is sized by the data: read them, once the run can be saved
+            check_source(kw["data"])
             _check_out_dir(args.out_dir)
             x = load_dataset(kw["data"])
             base = UNetConfig(in_channels=x.shape[1], out_channels=x.shape[1], resolution=x.shape[2])

@@ -1,16 +1,34 @@
-"""The ddim-ode command line, end to end on tiny settings (subprocesses), and its errors."""
+"""The ddim-ode command line, end to end on tiny settings, and its errors.
 
-import subprocess
-import sys
+The commands run in-process through ``ddim_ode.cli.main``, the function the console script calls
+(``tests/test_redteam.py`` also runs real processes); ``run`` returns what a subprocess would.
+"""
+
+import contextlib
+import io
+import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from ddim_ode.cli import main
+
 
 def run(*args, cwd):
-    return subprocess.run(
-        [sys.executable, "-m", "ddim_ode", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    """``ddim-ode ARGS`` in the folder ``cwd``: an object with ``returncode``, ``stdout`` and ``stderr``."""
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as stop:
+                code = int(stop.code or 0)
+    finally:
+        os.chdir(here)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_sample_encode_decode_roundtrip_interpolate(tmp_path):

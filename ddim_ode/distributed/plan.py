@@ -14,9 +14,9 @@ from torch import Tensor
 
 from ..analytic import AnalyticModel, ScheduledOracle
 from ..core import Solution
+from ..driver import decode, encode
 from ..field import EpsModel, SigmaModel
 from ..grids import GRIDS, make_grid
-from ..integrate import decode, encode
 from ..models import resolve_model
 from ..schedules import Schedule
 from ..solvers import Solver, get_solver

@@ -6,10 +6,14 @@ runs the same code in both directions and ``decode(encode(x0))`` returns ``x0`` 
 provided the auxiliary state made by one direction is handed to the other. :func:`encode` and
 :func:`decode` do that for you: with a reversible solver they return a :class:`ReversibleLatent`,
 an ordinary tensor (the usual VP-scale x_T or x_0) that also carries the auxiliary state, and they
-read that state back when given such a tensor. Any operation on it (``+``, ``.to(other dtype)``,
-indexing, ``.clone()``) returns a plain tensor without the state, as it should: the state belongs
-to those exact values. Decoding a plain tensor starts the scheme afresh, which for a tensor made by
-encoding is no better than DDIM inversion (docs/math.md §9).
+read that state back when given such a tensor. Indexing it along the batch dimension (an int, a
+slice, an index tensor or list, a boolean mask) returns a ``ReversibleLatent`` carrying the
+matching rows of the state, so ``decode(z[:2], "belm")`` is exact too. Every other operation
+(``+``, ``.clone()``, ``.to(...)``, ``torch.cat``, …) returns a plain tensor without the state, as it
+should: the state belongs to those exact values. Decoding a plain tensor starts the scheme afresh,
+which for a tensor made by encoding is no better than DDIM inversion (docs/math.md §9); so that this is
+not silent, a tensor of the same batch computed directly from a latent is remembered as such and
+:func:`latent_state` (given the solver) warns when a reversible solver would start afresh from it.
 
 * :class:`BELM` — O-BELM, the optimal two-step "bidirectional explicit linear multistep" scheme
   (Wang et al. 2024), of the family that contains BDIA and leapfrog. State: the neighbouring
@@ -19,6 +23,9 @@ encoding is no better than DDIM inversion (docs/math.md §9).
 
 from __future__ import annotations
 
+import copy
+import warnings
+import weakref
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -47,15 +54,26 @@ class ReversibleLatent(Tensor):
 
     Returned by :func:`~ddim_ode.encode` / :func:`~ddim_ode.decode` with a reversible solver and
     accepted by both as their input, so that ``decode(encode(x0, "belm"), "belm")`` is exact.
-    It behaves as a plain tensor; every operation on it returns a plain ``torch.Tensor``
-    (without the state). Autograd history is kept. Do not modify it in place.
+    It behaves as a plain tensor. Autograd history is kept.
+
+    * Indexing along the batch dimension only (``z[i]``, ``z[a:b]``, ``z[idx]`` with an index
+      tensor, list or array, ``z[mask]``, each optionally followed by ``:``/``...`` for the other
+      dimensions) returns a ``ReversibleLatent`` whose state holds the same rows.
+    * Any other operation returns a plain ``torch.Tensor`` without the state. When it has the same
+      batch size it is remembered (weakly, until it is freed) as derived from a latent, and
+      :func:`latent_state` with a reversible solver warns instead of silently starting afresh.
+      Tensors computed further from such a tensor are not tracked.
+    * Modifying the latent in place (``z += 1``, ``z[0] = …``, ``z.mul_(2)``, ``out=z``) drops its
+      state the same way (``z.state`` becomes ``None``).
+
+    ``z.as_subclass(torch.Tensor)`` is the plain tensor, deliberately without the state.
 
     Attributes:
-        state: the solver's final state (:class:`BELMState` or :class:`ReversibleHeunState`).
+        state: the solver's final state (:class:`BELMState` or :class:`ReversibleHeunState`), or
+            ``None`` once dropped by an in-place change.
     """
 
     state: Any
-    __torch_function__ = torch._C._disabled_torch_function_impl
 
     @staticmethod
     def wrap(x: Tensor, state: Any) -> ReversibleLatent:
@@ -64,10 +82,144 @@ class ReversibleLatent(Tensor):
         out.state = state
         return out
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> ReversibleLatent:
+        plain = self.as_subclass(Tensor)
+        return ReversibleLatent.wrap(copy.deepcopy(plain, memo), copy.deepcopy(self.state, memo))
 
-def latent_state(x: Tensor) -> Any:
-    """The auxiliary state carried by ``x`` (``None`` for a plain tensor)."""
-    return x.state if isinstance(x, ReversibleLatent) else None
+    @classmethod
+    def __torch_function__(
+        cls, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        if name in _NOT_AN_OPERATION:
+            return out
+        src = _first_latent(args, kwargs)
+        if src is None:
+            return out
+        if _modifies_in_place(name, src, args, kwargs):
+            _forget_state(src, f"a ReversibleLatent whose auxiliary state was dropped when {name} modified it in place")
+            return out
+        if not (type(out) is Tensor and out is not src and out.ndim >= 1 and src.ndim >= 1):
+            return out
+        if name == "__getitem__" and args and args[0] is src and src.state is not None:
+            state = _index_state(src.state, args[1], out)
+            if state is not None:
+                return ReversibleLatent.wrap(out, state)
+        if out.shape[0] == src.shape[0]:
+            _remember_derived(out, f"computed by {name} from a ReversibleLatent, without its auxiliary state")
+        return out
+
+
+#: functions that read attributes or convert rather than compute: they neither drop nor carry the state
+_NOT_AN_OPERATION = frozenset({"__get__", "__set__", "as_subclass", "__repr__", "__format__", "__reduce_ex__"})
+#: in-place methods that leave the values alone
+_VALUE_PRESERVING = frozenset({"requires_grad_", "retain_grad", "share_memory_", "detach_"})
+#: augmented assignments (``z += 1``), which modify a tensor in place
+_AUGMENTED = frozenset(
+    f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor")
+) | {"__ilshift__", "__irshift__"}
+#: id of a live plain tensor computed from a latent (or of a latent that lost its state) -> how
+_DERIVED: dict[int, str] = {}
+
+
+def _first_latent(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ReversibleLatent | None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, ReversibleLatent):
+            return a
+        if isinstance(a, (list, tuple)):
+            for b in a:
+                if isinstance(b, ReversibleLatent):
+                    return b
+    return None
+
+
+def _modifies_in_place(name: str, src: ReversibleLatent, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    if kwargs.get("out") is src:
+        return True
+    if not (args and args[0] is src) or name in _VALUE_PRESERVING:
+        return False
+    return name == "__setitem__" or name in _AUGMENTED or (name.endswith("_") and not name.startswith("__"))
+
+
+def _remember_derived(x: Tensor, how: str) -> None:
+    key = id(x)
+    if key not in _DERIVED:
+        weakref.finalize(x, _DERIVED.pop, key, None)
+    _DERIVED[key] = how
+
+
+def _forget_state(latent: ReversibleLatent, how: str) -> None:
+    if latent.state is not None:
+        latent.state = None
+        _remember_derived(latent, how)
+
+
+def _batch_index(index: Any) -> Any:
+    """The index applied to dimension 0 when ``index`` indexes nothing else, else ``None``."""
+    if not isinstance(index, tuple):
+        return None if index is None or index is Ellipsis or isinstance(index, bool) else index
+    if not index:
+        return None
+    rest = index[1:]
+    if not all(r is Ellipsis or (isinstance(r, slice) and r == slice(None)) for r in rest):
+        return None
+    if index[0] is Ellipsis:
+        return slice(None) if not rest else None
+    return _batch_index(index[0])
+
+
+def _index_state(state: Any, index: Any, out: Tensor) -> Any:
+    """``state`` with each tensor indexed like the latent was (``None`` if that does not fit ``out``)."""
+    first = _batch_index(index)
+    if first is None:
+        return None
+    kw: dict[str, Any] = {}
+    for f in fields(state):
+        v = getattr(state, f.name)
+        if isinstance(v, Tensor):
+            idx = first.to(v.device) if isinstance(first, Tensor) else first
+            with torch._C.DisableTorchFunctionSubclass():
+                v = v[idx]
+            if v.shape != out.shape:
+                return None
+        kw[f.name] = v
+    return type(state)(**kw)
+
+
+def latent_state(x: Tensor, solver: Solver | None = None) -> Any:
+    """The auxiliary state carried by ``x`` for ``solver`` (``None`` for a plain tensor).
+
+    Without ``solver``, whatever state ``x`` carries. With it: ``None`` unless ``solver`` is
+    reversible; a ``ValueError`` when the state was made by another reversible solver; and a
+    ``UserWarning`` when ``x`` is a plain tensor computed directly from a latent (see
+    :class:`ReversibleLatent`), which ``solver`` would decode afresh rather than exactly.
+    """
+    if solver is not None and not solver.reversible:
+        return None
+    state = x.state if isinstance(x, ReversibleLatent) else None
+    if solver is None:
+        return state
+    if state is None:
+        how = _DERIVED.get(id(x))
+        if how is not None:
+            warnings.warn(
+                f"this tensor is {how}: {solver.name!r} starts afresh and is not exact. "
+                "Index the latent along the batch (z[a:b], z[mask]) to keep the state, or "
+                "pass z.as_subclass(torch.Tensor) to start afresh deliberately",
+                UserWarning,
+                stacklevel=2,
+            )
+        return None
+    made_by = _SOLVER_OF_STATE.get(type(state).__name__)
+    if made_by is not None and made_by != solver.name:
+        raise ValueError(
+            f"the latent carries the auxiliary state of {made_by!r}, not of {solver.name!r}: decode it with "
+            f"{made_by!r}, or pass z.as_subclass(torch.Tensor) to start afresh"
+        )
+    return state
 
 
 def _grid_mismatch(sigma: float, state_sigma: float) -> ValueError:
@@ -211,6 +363,7 @@ class ReversibleHeun(Solver):
 # saving latents: auxiliary states as named arrays (for .npz files)
 
 _STATE_TYPES = {cls.__name__: cls for cls in (BELMState, ReversibleHeunState)}
+_SOLVER_OF_STATE = {BELMState.__name__: BELM.name, ReversibleHeunState.__name__: ReversibleHeun.name}
 
 
 def state_to_arrays(state: Any, prefix: str = "aux_") -> dict[str, np.ndarray]:

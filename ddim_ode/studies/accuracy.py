@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from ..analytic import GaussianMixture, reference_solve
+from ..driver import integrate
 from ..field import ProbabilityFlowODE
 from ..grids import make_grid
-from ..integrate import integrate
 from ..schedules import DiscreteSchedule
 from ..solvers import SOLVERS, get_solver
 from .common import (

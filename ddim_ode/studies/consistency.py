@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .._files import save_png
+from ..driver import decode
 from ..images import image_grid, slerp, to_unit
-from ..integrate import decode
 from .common import check_dtype, environment, event_shape, finish, resolve_model
 
 __all__ = ["consistency_study"]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..analytic import AnalyticModel
-from ..integrate import decode
+from ..driver import decode
 from ..solvers import SOLVERS, get_solver
 from .common import (
     check_dtype,

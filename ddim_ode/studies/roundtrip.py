@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from .._files import save_png
+from ..driver import decode, encode
 from ..images import image_grid, to_unit
-from ..integrate import decode, encode
 from ..solvers import SOLVERS, get_solver
 from .common import (
     check_dtype,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..integrate import decode
+from ..driver import decode
 from ..solvers import SOLVERS, get_solver
 from .common import (
     check_dtype,

@@ -11,7 +11,8 @@ is chosen; one private :class:`_Request` carries their arguments to :func:`_driv
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import warnings
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -23,7 +24,7 @@ from .field import EpsModel, Prediction, ProbabilityFlowODE, SigmaModel
 from .models import resolve_model
 from .schedules import Schedule
 from .solvers import Solver, get_solver
-from .solvers.reversible import latent_state
+from .solvers.reversible import ReversibleLatent, latent_state
 
 __all__ = ["integrate", "decode", "encode"]
 
@@ -151,15 +152,35 @@ def _solve_chunks(
     )
 
 
+def _start_state(req: _Request, slv: Solver) -> tuple[Any, Tensor]:
+    """The solver's starting state (given, or carried by a :class:`ReversibleLatent` input) and the input
+    as a plain tensor."""
+    if req.state is not None:
+        if not slv.reversible:
+            raise ValueError(
+                f"solver {slv.name!r} carries no state between calls; `state` applies to reversible solvers"
+            )
+        return req.state, req.x
+    if not isinstance(req.x, ReversibleLatent):
+        return latent_state(req.x, slv), req.x  # warns for a tensor derived from a latent
+    if not slv.reversible:
+        warnings.warn(
+            f"the input carries the auxiliary state of a reversible solver, which {slv.name!r} does not use: "
+            "it integrates the values only",
+            UserWarning,
+            stacklevel=4,
+        )
+    return latent_state(req.x, slv), req.x.as_subclass(Tensor)
+
+
 def _drive(req: _Request, direction: Direction, x_name: str) -> Tensor | Solution:
     """Validate, resolve the model, build the grid and solve: the one path of the three public entries."""
     check_x(req.x, x_name)
     resolved = resolve_model(req.model, req.schedule, req.prediction, req.x.device)
     sig = _grid(req, resolved.schedule, direction)
     slv = get_solver(req.solver, **(req.solver_options or {}))
-    state = req.state if req.state is not None else latent_state(req.x)
-    if state is not None and not slv.reversible:
-        raise ValueError(f"solver {slv.name!r} carries no state between calls; `state` applies to reversible solvers")
+    state, x = _start_state(req, slv)
+    req = replace(req, x=x)
     field = ProbabilityFlowODE(
         resolved.model,
         resolved.schedule,
