@@ -76,8 +76,8 @@ def test_import_ddim_ode_does_not_import_diffusers():
     [
         (dict(SD_SCHEDULER), 2e-6),
         (dict(SD_SCHEDULER, prediction_type="v_prediction", timestep_spacing="trailing", steps_offset=0), 2e-6),
-        # x0 -> eps divides by sqrt(1 - alpha_bar), whose float32 value at t = 0 of the cosine schedule
-        # (beta_0 = 4e-5) is off by about 1e-3 relative in diffusers
+        # x0 -> eps divides by sqrt(1 - alpha_bar); at t = 0 of the cosine schedule 1 - alpha_bar = 4.1e-5
+        # is off by 5e-4 relative in diffusers' float32
         (dict(clip_sample=False, prediction_type="sample", beta_schedule="squaredcos_cap_v2"), 3e-5),
     ],
     ids=["eps-leading-scaled_linear", "v-trailing", "x0-cosine"],
