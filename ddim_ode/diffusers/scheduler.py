@@ -1,0 +1,484 @@
+"""``ODEScheduler``: any fixed-grid ODE solver of ddim_ode as a diffusers scheduler.
+
+A diffusers pipeline owns the loop and the network call::
+
+    for t in scheduler.timesteps:
+        out = network(sample, t)
+        sample = scheduler.step(out, t, sample).prev_sample
+
+while a ddim_ode solver is a pure step ``step(field, x̄, σ, σ', state)`` that calls the network
+itself, possibly several times (Runge–Kutta stages, a predictor–corrector's evaluation at the
+predicted point). :class:`ODEScheduler` reconciles the two by *replay*. Inside :meth:`step` the
+solver's field calls a stand-in network that answers, in order, with the outputs the pipeline has
+computed for the current grid step and stops the solver (a private exception carrying the point
+and timestep) at the first evaluation it has no answer for; that point, in the model's scale, is
+returned as ``prev_sample`` for the pipeline to evaluate at the next entry of ``timesteps``. The
+next :meth:`step` adds the received output and re-runs the solver step from the start of the grid
+step: it is deterministic, so it follows the same path and gets one evaluation further. When a
+grid step completes, its new x̄ and solver state (multistep history, a reversible solver's
+auxiliary state) are kept and the next grid step begins. The evaluations a grid needs do not
+depend on the values, so :meth:`set_timesteps` finds them by running the solver once with a zero
+network: ``timesteps`` holds one entry per network evaluation (a Runge–Kutta step of s stages
+shows s entries, with repeated timesteps as in diffusers' ``HeunDiscreteScheduler``).
+
+The network is evaluated at exactly the x_t = a(σ)·x̄ and timestep t(σ) that
+:func:`ddim_ode.decode` on the same grid would use, so the loop reproduces ``decode`` up to the
+rounding of the first point (the pipeline's initial latents are x_T itself).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import diffusers
+import numpy as np
+import torch
+from diffusers import SchedulerMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from torch import Tensor
+
+from ..checks import check_grid, check_n
+from ..core import from_xbar, tabulate, to_xbar
+from ..field import ProbabilityFlowODE
+from ..grids import GRIDS, make_grid
+from ..solvers import Solver, get_solver, latent_state, list_solvers
+from .config import DEFAULT_SOURCE, SchedulerSpec, jsonable_config, read_scheduler_config
+
+__all__ = ["ODEScheduler", "loop_solvers"]
+
+
+def loop_solvers() -> list[str]:
+    """The registered solvers that can run in a scheduler loop: fixed grid and deterministic."""
+    return [s.name for s in list_solvers() if not s.adaptive and not s.stochastic]
+
+
+class _Evaluate(Exception):
+    """Raised by :class:`_PipelineNetwork` at the first evaluation the pipeline has not made yet."""
+
+    def __init__(self, x_t: Tensor) -> None:
+        super().__init__("the pipeline has not evaluated the network at this point yet")
+        self.x_t = x_t
+
+
+class _PipelineNetwork:
+    """The network as the solver's field sees it inside :meth:`ODEScheduler.step`.
+
+    It answers, in order, with the outputs the pipeline computed during the current grid step and
+    raises :class:`_Evaluate` at the first evaluation it has none for. The first output of a run
+    is computed by the pipeline on its initial latents before the scheduler asked for anything:
+    ``initial_t`` holds its timestep until the solver's first request, and the output is dropped
+    if that request is at another timestep (a reversible solver resuming from its state needs no
+    evaluation at the initial latents).
+    """
+
+    def __init__(self) -> None:
+        self.outputs: list[Tensor] = []
+        self.used = 0
+        self.initial_t: float | None = None
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        if self.initial_t is not None:
+            if float(t.reshape(-1)[0]) != self.initial_t:
+                del self.outputs[0]
+            self.initial_t = None
+        if self.used < len(self.outputs):
+            self.used += 1
+            return self.outputs[self.used - 1]
+        raise _Evaluate(x_t)
+
+
+class _Recorder:
+    """A zero network that records the timestep of every call: plans the evaluations of a grid."""
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        self.ts.append(float(t[0]))
+        return torch.zeros_like(x_t)
+
+
+class _Output:
+    """A network that returns one given output (for the x0 estimate of an evaluation)."""
+
+    def __init__(self, output: Tensor) -> None:
+        self.output = output
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        return self.output
+
+
+class _Run:
+    """Where a loop stands: grid step ``i`` starts from ``xbar`` with the solver's ``state``."""
+
+    def __init__(self, field: ProbabilityFlowODE, i: int, xbar: Tensor, state: Any, dtype: torch.dtype) -> None:
+        self.field = field
+        self.i = i
+        self.xbar = xbar
+        self.state = state
+        self.dtype = dtype  # the pipeline's dtype, in which samples are returned
+        self.returned: Tensor | None = None  # the last prev_sample handed to the pipeline
+
+
+class ODEScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler that integrates the probability-flow ODE with a ddim_ode solver.
+
+    Swap it into a pipeline with :meth:`from_scheduler`, which reads the replaced scheduler's
+    config (noise schedule, prediction type, timesteps, final σ)::
+
+        pipe.scheduler = ODEScheduler.from_scheduler(pipe.scheduler, solver="dpm-solver++2m")
+
+    Args:
+        solver: a solver of :func:`loop_solvers` (fixed grid, deterministic; see
+            ``ddim_ode.list_solvers()``). Adaptive solvers choose their steps from error estimates
+            and stochastic ones draw noise: neither runs in a scheduler loop.
+        solver_options: keyword arguments of the solver's constructor.
+        grid: ``None`` (default): the timesteps of the replaced scheduler (its class's
+            ``set_timesteps`` on its config), then its final σ; or a grid of
+            :func:`ddim_ode.make_grid` (``"uniform"``, ``"quad"``, ``"logsnr"``, ``"karras"``),
+            which ends at σ = 0.
+        start_fresh: reversible solvers only. By default the first sample must carry the solver's
+            auxiliary state (latents made by :func:`ddim_ode.diffusers.invert`), and plain latents
+            raise; ``True`` starts the scheme afresh from plain latents (sampling from noise).
+        source_scheduler: the config of the replaced diffusers scheduler, with its ``_class_name``
+            (default: a default ``DDIMScheduler``). It defines the noise schedule, what the network
+            predicts, the default timesteps and where they end (see :mod:`ddim_ode.diffusers.config`).
+
+    After :meth:`set_timesteps`, ``timesteps`` holds one entry per network evaluation (float32) and
+    ``sigmas`` the float64 σ grid (decoding order, final σ included); ``num_inference_steps`` is
+    the number of grid steps. Multistep histories and reversible states are kept between
+    :meth:`step` calls and reset by :meth:`set_timesteps`. ``order`` is the solver's NFE per step
+    (Runge–Kutta and single-step DPM-Solver) or 1, as pipelines use it to count steps.
+    """
+
+    _compatibles: list[str] = []
+
+    @register_to_config
+    def __init__(
+        self,
+        solver: str = "dpm-solver++2m",
+        solver_options: dict[str, Any] | None = None,
+        grid: str | None = None,
+        start_fresh: bool = False,
+        source_scheduler: dict[str, Any] | None = None,
+    ) -> None:
+        if grid is not None and grid not in GRIDS:
+            allowed = ", ".join(repr(g) for g in GRIDS)
+            raise ValueError(f"unknown grid {grid!r}; allowed: None (the replaced scheduler's timesteps), {allowed}")
+        if solver_options is not None and not isinstance(solver_options, dict):
+            raise ValueError(f"solver_options must be a dict or None, got {type(solver_options).__name__}")
+        slv = get_solver(solver, **(solver_options or {}))
+        if slv.adaptive or slv.stochastic:
+            kind = "is adaptive (it chooses its own steps)" if slv.adaptive else "draws random noise"
+            raise ValueError(
+                f"solver {slv.name!r} {kind} and cannot run in a scheduler loop; allowed: {', '.join(loop_solvers())}"
+            )
+        source = {"_class_name": DEFAULT_SOURCE} if source_scheduler is None else dict(source_scheduler)
+        self.spec: SchedulerSpec = read_scheduler_config(source)
+        self._source = _source_class(self.spec.class_name).from_config(source)
+        self.solver: Solver = slv
+        self.schedule = self.spec.schedule
+        self.prediction = self.spec.prediction
+        self.init_noise_sigma = 1.0
+        self.order = int(slv.nfe_per_step) if float(slv.nfe_per_step).is_integer() else 1
+        self.timesteps = torch.zeros(0, dtype=torch.float32)
+        self.sigmas = torch.zeros(0, dtype=torch.float64)
+        self.num_inference_steps: int | None = None
+        self._plan: list[list[float]] = []  # per grid step, the timesteps of its evaluations (float64)
+        self._flat: list[float] = []  # the same, one list: the float64 values of `timesteps`
+        self._begin_index: int | None = None
+        self._step_index: int | None = None
+        self._run: _Run | None = None
+        self._network = _PipelineNetwork()
+
+    @classmethod
+    def from_scheduler(
+        cls,
+        scheduler: SchedulerMixin,
+        solver: str = "dpm-solver++2m",
+        grid: str | None = None,
+        *,
+        start_fresh: bool = False,
+        **solver_options: Any,
+    ) -> ODEScheduler:
+        """An ODEScheduler for the model ``scheduler`` was configured for (its schedule, prediction
+        type, timesteps and final σ), running ``solver`` built with ``solver_options``.
+
+        Given an ODEScheduler, its source scheduler is kept and the solver and grid replaced.
+        """
+        if isinstance(scheduler, ODEScheduler):
+            source = dict(scheduler.config.source_scheduler or {"_class_name": DEFAULT_SOURCE})
+        elif isinstance(scheduler, SchedulerMixin):
+            source = {**jsonable_config(scheduler.config), "_class_name": type(scheduler).__name__}
+        else:
+            raise TypeError(f"scheduler must be a diffusers scheduler, got {type(scheduler).__name__}")
+        return cls(
+            solver=solver,
+            solver_options=solver_options or None,
+            grid=grid,
+            start_fresh=start_fresh,
+            source_scheduler=source,
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: dict[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs: Any
+    ) -> Any:
+        """From an ODEScheduler config, or from any diffusers scheduler config, which becomes the
+        ``source_scheduler`` (a config without ``_class_name`` is taken as a DDIMScheduler's);
+        ``kwargs`` (``solver``, ``solver_options``, ``grid``, ``start_fresh``) override."""
+        if config is None:
+            raise ValueError("from_config needs a config dict (a scheduler's .config)")
+        cfg = dict(config)
+        if "source_scheduler" not in cfg and cfg.get("_class_name") != cls.__name__:
+            source = jsonable_config(cfg)
+            source.setdefault("_class_name", DEFAULT_SOURCE)
+            cfg = {"source_scheduler": source}
+        return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[float] | Tensor | None = None,
+        sigmas: list[float] | Tensor | None = None,
+    ) -> None:
+        """Set the σ grid and the evaluation timesteps, and reset the solver's history.
+
+        Give exactly one of ``num_inference_steps`` (the replaced scheduler's timesteps, or the
+        configured ``grid``), ``timesteps`` (decreasing, in the schedule's units; the final σ is
+        appended) or ``sigmas`` (the whole decoding grid in σ = √((1 − ᾱ)/ᾱ), decreasing, ending
+        with its final value, e.g. 0). A final σ equal to the last timestep's σ (``leading``
+        spacing with ``steps_offset=0`` and ``set_alpha_to_one=False``) is a step of length 0 and
+        is dropped.
+        """
+        given = [v is not None for v in (num_inference_steps, timesteps, sigmas)]
+        if sum(given) != 1:
+            raise ValueError("set_timesteps needs exactly one of num_inference_steps, timesteps and sigmas")
+        if sigmas is not None:
+            grid = torch.as_tensor(np.asarray(_host(sigmas), dtype=np.float64))
+            what = "sigmas"
+        elif timesteps is not None:
+            grid = self._grid_of_timesteps(np.asarray(_host(timesteps), dtype=np.float64))
+            what = "timesteps"
+        elif self.config.grid is not None:
+            grid = make_grid(self.schedule, self.config.grid, check_n(num_inference_steps))
+            what = f"the {self.config.grid!r} grid"
+        else:
+            self._source.set_timesteps(check_n(num_inference_steps))
+            ts = self._source.timesteps.detach().cpu().to(torch.float64).numpy()
+            grid = self._grid_of_timesteps(np.unique(ts)[::-1].copy())
+            what = f"the timesteps of {self.spec.class_name}"
+        grid = check_grid(grid, self.schedule, what)
+        if not float(grid[0]) > float(grid[-1]):
+            raise ValueError(f"{what} must be in decoding order (strictly decreasing sigma)")
+        self.sigmas = grid
+        self._plan = self._evaluations(grid)
+        self._flat = [t for step in self._plan for t in step]
+        self.timesteps = torch.tensor(self._flat, dtype=torch.float32, device=device)
+        self.num_inference_steps = len(grid) - 1
+        self._begin_index = None
+        self._step_index = None
+        self._run = None
+
+    def scale_model_input(self, sample: Tensor, timestep: float | Tensor | None = None) -> Tensor:
+        """The network takes the sample as it is (x_t in the usual VP scale)."""
+        return sample
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: float | Tensor,
+        sample: Tensor,
+        return_dict: bool = True,
+        eta: float = 0.0,
+        **kwargs: Any,
+    ) -> DDIMSchedulerOutput | tuple[Tensor, Tensor]:
+        """Take the network output for the current entry of ``timesteps`` and return the next point.
+
+        ``prev_sample`` is the point where the network is to be evaluated at the next entry of
+        ``timesteps`` (after the last entry: the result, at the grid's final σ), in the model's
+        scale; ``pred_original_sample`` the x0 estimate of this evaluation. Call it once per entry
+        of ``timesteps``, in order, passing back the ``prev_sample`` it returned (the scheduler
+        follows its own trajectory: a sample edited between calls raises). The first call takes
+        ``sample`` as x_T and, for a reversible solver, its auxiliary state (see
+        :func:`ddim_ode.diffusers.invert`). ``eta`` must be 0 (the ODE is deterministic); other
+        keyword arguments of other schedulers (``generator``, ``use_clipped_model_output``) are
+        accepted and unused.
+        """
+        if eta:
+            raise ValueError(f"ODEScheduler is deterministic: eta must be 0, got {eta!r}")
+        if not self._plan:
+            raise ValueError("call set_timesteps before step")
+        if self._run is None:
+            self._run = self._start(sample)
+        elif self._step_index is not None and self._step_index >= len(self.timesteps):
+            raise ValueError(f"step called after the last of the {len(self.timesteps)} timesteps; call set_timesteps")
+        elif sample is not self._run.returned and not torch.equal(sample, self._run.returned):  # type: ignore[arg-type]
+            raise ValueError(
+                "step() got a sample that differs from the prev_sample it returned: ODEScheduler follows its own "
+                "trajectory, so pipelines that edit the latents between steps are not supported"
+            )
+        run = self._run
+        if model_output.shape[1] == 2 * sample.shape[1]:  # a learned variance in the other half of the channels
+            model_output = model_output[:, : sample.shape[1]]
+        self._network.outputs.append(model_output)
+        k = self._step_index if self._step_index is not None else 0
+        x0 = self._denoised(model_output, sample, k)
+        self._step_index = k + 1
+        prev = self._advance(run)
+        run.returned = prev
+        if self._step_index == len(self._flat) and run.i < len(self.sigmas) - 1:
+            raise ValueError(
+                f"solver {self.solver.name!r} needs more evaluations than the {len(self._flat)} timesteps: the "
+                "latents' auxiliary state was made on another grid (invert with the same n, grid and scheduler config)"
+            )
+        if not return_dict:
+            return prev, x0
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """x_t = a(σ)(x0 + σ ε) with σ = σ(t) (VP: √ᾱ_t x0 + √(1 − ᾱ_t) ε), per sample."""
+        t = torch.as_tensor(timesteps).detach().cpu().to(torch.float64).reshape(-1)
+        sigma = self.schedule.sigma(t)
+        a = self.schedule.scale(sigma)
+        shape = (-1,) + (1,) * (original_samples.ndim - 1)
+        like = dict(dtype=original_samples.dtype, device=original_samples.device)
+        return a.to(**like).reshape(shape) * (original_samples + sigma.to(**like).reshape(shape) * noise)
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the loop at ``timesteps[begin_index]`` (image-to-image pipelines skip the first grid
+        steps); it must be where a grid step starts afresh. Reset by :meth:`set_timesteps`."""
+        self._begin_index = int(begin_index)
+        if self._plan:
+            self._begin_step()  # refuse a bad index now rather than at the first step
+
+    @property
+    def begin_index(self) -> int | None:
+        """The index of ``timesteps`` the loop starts at (``None``: 0)."""
+        return self._begin_index
+
+    @property
+    def step_index(self) -> int | None:
+        """The index of ``timesteps`` whose network output the next :meth:`step` takes (``None`` before the first)."""
+        return self._step_index
+
+    def __len__(self) -> int:
+        return self.spec.num_train_timesteps
+
+    def _grid_of_timesteps(self, ts: np.ndarray) -> Tensor:
+        """σ at the timesteps ``ts`` (decreasing), then the final σ unless it would repeat the last."""
+        if ts.ndim != 1 or ts.size == 0 or not np.isfinite(ts).all():
+            raise ValueError("timesteps must be a non-empty 1-D sequence of finite numbers")
+        lo, hi = self.schedule.t_min, self.schedule.t_max
+        if ts.min() < lo or ts.max() > hi:
+            raise ValueError(f"timesteps must lie in the schedule's range [{lo:g}, {hi:g}]")
+        sig = self.schedule.sigma(torch.from_numpy(np.ascontiguousarray(ts)))
+        if float(sig[-1]) > self.spec.final_sigma:
+            sig = torch.cat([sig, torch.tensor([self.spec.final_sigma], dtype=torch.float64)])
+        return sig
+
+    def _evaluations(self, grid: Tensor) -> list[list[float]]:
+        """Per grid step, the timesteps at which the solver evaluates the network, starting afresh on ``grid``."""
+        recorder = _Recorder()
+        field = ProbabilityFlowODE(recorder, self.schedule, self.prediction)
+        tabulate(field, self.solver, grid)
+        xbar = torch.zeros(1, 1, dtype=torch.float64)
+        state = self.solver.init(field, xbar, grid)
+        sig = grid.tolist()
+        plan = []
+        for sigma, sigma_next in zip(sig[:-1], sig[1:]):
+            start = len(recorder.ts)
+            xbar, state = self.solver.step(field, xbar, sigma, sigma_next, state)
+            plan.append(recorder.ts[start:])
+        return plan
+
+    def _begin_step(self) -> int:
+        """The grid step at which the loop starts: the one whose fresh evaluations are ``timesteps[begin_index:]``."""
+        k = self._begin_index or 0
+        flat = self._flat
+        if not 0 <= k < len(flat):
+            raise ValueError(f"begin_index {k} is outside the {len(flat)} timesteps")
+        if k == 0:
+            return 0
+        t_grid = self.schedule.t(self.sigmas).tolist()
+        for i in range(len(self.sigmas) - 1):
+            if t_grid[i] == flat[k] and [t for step in self._evaluations(self.sigmas[i:]) for t in step] == flat[k:]:
+                return i
+        raise ValueError(
+            f"begin_index {k} is not where a grid step of solver {self.solver.name!r} starts afresh; "
+            f"allowed: the start of a grid step, e.g. a multiple of order={self.order} for a Runge-Kutta solver"
+        )
+
+    def _start(self, sample: Tensor) -> _Run:
+        """Begin a loop at the first sample: x̄ at the start, the solver's state (carried or fresh)."""
+        i = self._begin_step()
+        self._step_index = self._begin_index or 0
+        state = latent_state(sample)
+        name = self.solver.name
+        if state is not None and not self.solver.reversible:
+            raise ValueError(
+                f"these latents carry the auxiliary state of a reversible solver, but solver {name!r} takes none: "
+                "decode them with the solver invert() used, or pass a plain copy (latents.clone())"
+            )
+        if state is None and self.solver.reversible and not self.config.start_fresh:
+            raise ValueError(
+                f"solver {name!r} needs the auxiliary state that ddim_ode.diffusers.invert() attaches to the latents "
+                "it returns: pass invert()'s result unchanged as latents=, or build the scheduler with "
+                "start_fresh=True to sample from plain latents"
+            )
+        dtype = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
+        field = ProbabilityFlowODE(self._network, self.schedule, self.prediction, model_dtype=sample.dtype)
+        grid = self.sigmas[i:]
+        tabulate(field, self.solver, grid)
+        xbar = to_xbar(sample.as_subclass(Tensor).to(dtype), float(grid[0]), self.schedule)
+        if state is None:
+            state = self.solver.init(field, xbar, grid)
+        self._network.outputs.clear()
+        self._network.used = 0
+        self._network.initial_t = float(torch.tensor(self._plan[i][0], dtype=_t_dtype(dtype)))
+        return _Run(field, i, xbar, state, sample.dtype)
+
+    def _denoised(self, model_output: Tensor, sample: Tensor, k: int) -> Tensor:
+        """The x0 estimate D = x̄ − σ ε of the evaluation at ``sample`` and ``timesteps[k]``."""
+        t = self._flat[k]
+        sigma = float(self.schedule.sigma(t))
+        dtype = self._run.xbar.dtype  # type: ignore[union-attr]
+        field = ProbabilityFlowODE(_Output(model_output), self.schedule, self.prediction)
+        x0 = field.denoise(to_xbar(sample.as_subclass(Tensor).to(dtype), sigma, self.schedule), sigma)
+        return x0.to(sample.dtype)
+
+    def _advance(self, run: _Run) -> Tensor:
+        """Re-run grid steps from the current one until the solver asks for an evaluation the pipeline
+        has not made (return that point) or the grid ends (return the result)."""
+        sig = self.sigmas.tolist()
+        net = self._network
+        while run.i < len(sig) - 1:
+            net.used = 0
+            try:
+                xbar, state = self.solver.step(run.field, run.xbar, sig[run.i], sig[run.i + 1], run.state)
+            except _Evaluate as request:
+                return request.x_t.to(run.dtype)
+            run.xbar, run.state = xbar, state
+            run.i += 1
+            net.outputs.clear()
+            net.initial_t = None
+        return from_xbar(run.xbar, sig[-1], self.schedule).to(run.dtype)
+
+
+def _host(values: Any) -> Any:
+    return values.detach().cpu().numpy() if isinstance(values, Tensor) else values
+
+
+def _t_dtype(state_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the field gives the network's timesteps for a state of ``state_dtype``."""
+    return torch.float64 if state_dtype == torch.float64 else torch.float32
+
+
+def _source_class(name: str) -> type[SchedulerMixin]:
+    """The diffusers scheduler class named ``name`` (whose ``set_timesteps`` gives the default timesteps)."""
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ValueError(f"unknown diffusers scheduler class {name!r} in _class_name; allowed: diffusers' schedulers")
+    return cls
