@@ -24,7 +24,7 @@ import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 from torch import Tensor
 
-from ..integrate import integrate
+from ..driver import integrate
 from ..solvers import ReversibleLatent, latent_state
 from .scheduler import ODEScheduler
 
