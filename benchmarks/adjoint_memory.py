@@ -31,7 +31,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from record import collect, save_record
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("plain", "adjoint-c0", "adjoint-sqrt")
@@ -153,6 +157,25 @@ def _plain_grads(x_T, w, model, schedule, sigmas, solver, n, params):  # type: i
     return list(torch.autograd.grad((out * w).sum(), [x, *params]))
 
 
+def _run_workers(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """One fresh process per (n, method); each prints its row as JSON."""
+    for n in args.ns:
+        for method in args.methods:
+            cmd = [sys.executable, __file__, "--worker", method, str(n), "--batch", str(args.batch)]
+            cmd += ["--solver", args.solver, "--seed", str(args.seed)]
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+            yield json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _line(row: dict[str, Any]) -> str:
+    return (
+        f"n={row['n']:4d} {row['method']:13s} peak_rss={row['peak_rss_mib']:8.1f} MiB  "
+        f"saved={row['saved_mib']:8.1f} MiB  "
+        f"nfe={row['nfe_forward']}/{row['nfe_total']}  {row['seconds']:.1f}s"
+        + (f"  grad_rel_diff={row['max_rel_grad_diff']:.1e}" if "max_rel_grad_diff" in row else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ns", type=int, nargs="+", default=[10, 20, 40, 80])
@@ -166,24 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.batch, args.solver, args.seed)))
         return 0
-    rows = []
-    for n in args.ns:
-        for method in args.methods:
-            cmd = [sys.executable, __file__, "--worker", method, str(n), "--batch", str(args.batch)]
-            cmd += ["--solver", args.solver, "--seed", str(args.seed)]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(
-                f"n={n:4d} {method:13s} peak_rss={row['peak_rss_mib']:8.1f} MiB  saved={row['saved_mib']:8.1f} MiB  "
-                f"nfe={row['nfe_forward']}/{row['nfe_total']}  {row['seconds']:.1f}s"
-                + (f"  grad_rel_diff={row['max_rel_grad_diff']:.1e}" if "max_rel_grad_diff" in row else ""),
-                flush=True,
-            )
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"command": "python benchmarks/adjoint_memory.py " + " ".join(argv or sys.argv[1:]), "rows": rows}
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    rows = collect(_run_workers(args), _line)
+    save_record(args.out, __file__, argv, rows=rows)
     return 0
 
 

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from record import command_line
 
 import ddim_ode
+from ddim_ode._files import write_json
 from ddim_ode.analytic import GaussianMixture
 
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         final = ddim_ode.decode(latent, "euler", args.n, adjoint=True, **kw)
     result = {
-        "command": "python benchmarks/inpaint_example.py " + " ".join(argv or sys.argv[1:]),
+        "command": command_line(__file__, argv),
         "model": label,
         "num": args.num,
         "n": args.n,
@@ -136,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps({k: v for k, v in result.items() if k != "loss_history"}, indent=2))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result, allow_nan=True)
     _figure(target, mask, start, final, args.out, label, result)
     return 0
 

@@ -11,13 +11,13 @@ standard error and the fraction of samples within 2 standard errors of the truth
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from record import collect, save_record
 
 from ddim_ode import DiscreteSchedule
 from ddim_ode.analytic import Gaussian, GaussianMixture
@@ -40,6 +40,57 @@ SETTINGS = [
 ]
 
 
+def _measure(
+    name: str,
+    oracle: Any,
+    x0: torch.Tensor,
+    schedule: DiscreteSchedule,
+    label: str,
+    kw: dict[str, Any],
+    exact_prior: bool,
+) -> dict[str, Any]:
+    """The errors of one likelihood setting on one oracle's exact samples ``x0``."""
+    truth = oracle.log_prob(x0)
+    t0 = time.perf_counter()
+    prior = oracle.log_prob_xbar if exact_prior else "vp"
+    res = log_likelihood(x0, oracle, schedule, prior=prior, generator=torch.Generator().manual_seed(1), **kw)
+    err = (res.log_prob - truth).abs() / res.dim
+    row = {
+        "oracle": name,
+        "setting": label,
+        "max_abs_err_nats_per_dim": float(err.max()),
+        "mean_abs_err_nats_per_dim": float(err.mean()),
+        "mean_err_nats_per_dim": float(((res.log_prob - truth) / res.dim).mean()),
+        "nfe": res.nfe,
+        "seconds": time.perf_counter() - t0,
+    }
+    if res.log_prob_std_err is not None:
+        z = (res.log_prob - truth) / res.log_prob_std_err
+        row["mean_std_err_nats_per_dim"] = float(res.log_prob_std_err.mean() / res.dim)
+        row["fraction_within_2_std_err"] = float((z.abs() < 2).double().mean())
+    return row
+
+
+def _measure_all(num: int, schedule: DiscreteSchedule) -> Iterator[dict[str, Any]]:
+    """Every setting on every oracle, on ``num`` exact samples of each."""
+    for name, oracle in oracles().items():
+        x0 = oracle.sample(num, generator=torch.Generator().manual_seed(0))
+        for label, kw, exact_prior in SETTINGS:
+            yield _measure(name, oracle, x0, schedule, label, kw, exact_prior)
+
+
+def _line(row: dict[str, Any]) -> str:
+    extra = (
+        f"  se={row['mean_std_err_nats_per_dim']:.2e}  within2se={row['fraction_within_2_std_err']:.2f}"
+        if "mean_std_err_nats_per_dim" in row
+        else ""
+    )
+    return (
+        f"{row['oracle']:12s} {row['setting']:45s} max={row['max_abs_err_nats_per_dim']:.2e} "
+        f"mean={row['mean_abs_err_nats_per_dim']:.2e} nfe={row['nfe']}{extra}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--num", type=int, default=64)
@@ -47,43 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     schedule = DiscreteSchedule.linear()
-    rows = []
-    for name, oracle in oracles().items():
-        x0 = oracle.sample(args.num, generator=torch.Generator().manual_seed(0))
-        truth = oracle.log_prob(x0)
-        for label, kw, exact_prior in SETTINGS:
-            t0 = time.perf_counter()
-            prior = oracle.log_prob_xbar if exact_prior else "vp"
-            res = log_likelihood(x0, oracle, schedule, prior=prior, generator=torch.Generator().manual_seed(1), **kw)
-            err = (res.log_prob - truth).abs() / res.dim
-            row = {
-                "oracle": name,
-                "setting": label,
-                "max_abs_err_nats_per_dim": float(err.max()),
-                "mean_abs_err_nats_per_dim": float(err.mean()),
-                "mean_err_nats_per_dim": float(((res.log_prob - truth) / res.dim).mean()),
-                "nfe": res.nfe,
-                "seconds": time.perf_counter() - t0,
-            }
-            if res.log_prob_std_err is not None:
-                z = (res.log_prob - truth) / res.log_prob_std_err
-                row["mean_std_err_nats_per_dim"] = float(res.log_prob_std_err.mean() / res.dim)
-                row["fraction_within_2_std_err"] = float((z.abs() < 2).double().mean())
-            rows.append(row)
-            extra = (
-                f"  se={row['mean_std_err_nats_per_dim']:.2e}  within2se={row['fraction_within_2_std_err']:.2f}"
-                if "mean_std_err_nats_per_dim" in row
-                else ""
-            )
-            print(
-                f"{name:12s} {label:45s} max={row['max_abs_err_nats_per_dim']:.2e} "
-                f"mean={row['mean_abs_err_nats_per_dim']:.2e} nfe={res.nfe}{extra}",
-                flush=True,
-            )
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"command": "python benchmarks/likelihood_analytic.py " + " ".join(argv or sys.argv[1:]), "rows": rows}
-        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    rows = collect(_measure_all(args.num, schedule), _line)
+    save_record(args.json, __file__, argv, rows=rows)
     return 0
 
 

@@ -23,8 +23,23 @@ import time
 from pathlib import Path
 
 import torch
+from record import command_line
 
+from ddim_ode._files import write_json
 from ddim_ode.likelihood import DIGITS_BIN_WIDTH, log_likelihood
+
+#: the command-line options passed to :func:`ddim_ode.likelihood.log_likelihood` as they are
+SOLVE_OPTIONS = (
+    "method",
+    "rtol",
+    "atol",
+    "divergence",
+    "probes",
+    "probe_dist",
+    "sigma_min",
+    "dequantize",
+    "batch_size",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,26 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         import ddim_ode
 
         model, schedule = digits_gmm(), ddim_ode.DiscreteSchedule.linear()
+    options = {name: getattr(args, name) for name in SOLVE_OPTIONS}
     g = torch.Generator().manual_seed(args.seed)
     t0 = time.perf_counter()
-    res = log_likelihood(
-        x0,
-        model,
-        schedule,
-        method=args.method,
-        rtol=args.rtol,
-        atol=args.atol,
-        divergence=args.divergence,
-        probes=args.probes,
-        probe_dist=args.probe_dist,
-        sigma_min=args.sigma_min,
-        dequantize=args.dequantize,
-        bin_width=DIGITS_BIN_WIDTH,
-        generator=g,
-        batch_size=args.batch_size,
-    )
+    res = log_likelihood(x0, model, schedule, bin_width=DIGITS_BIN_WIDTH, generator=g, **options)
     seconds = time.perf_counter() - t0
-    out = {"command": "python benchmarks/likelihood_digits.py " + " ".join(argv or sys.argv[1:]), "model": args.model}
+    out = {"command": command_line(__file__, argv), "model": args.model}
     out.update(res.summary())
     out["seconds"] = seconds
     out["uniform_baseline_bits_per_dim"] = math.log2(17)
@@ -93,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         out["max_abs_error_nats_per_dim"] = float((res.log_prob - exact).abs().max() / d)
     print(json.dumps(out, indent=2))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        write_json(args.json, out, allow_nan=True)
     return 0
 
 

@@ -534,43 +534,70 @@ def cmd_likelihood(args: argparse.Namespace) -> None:
         print(f"summary -> {args.out}")
 
 
+#: the ``bench`` options each study takes: option → {study: keyword argument of the study function}
+BENCH_OPTIONS: dict[str, dict[str, str]] = {
+    "solvers": {
+        "roundtrip": "solvers",
+        "accuracy": "solvers",
+        "orders": "solvers",
+        "inversion": "solvers",
+        "quality": "higher",
+        "speed": "solvers",
+        "consistency": "solver",
+    },
+    "steps": {"roundtrip": "steps", "inversion": "steps", "quality": "steps", "speed": "steps", "consistency": "steps"},
+    "num": {"roundtrip": "num", "accuracy": "num", "inversion": "num", "quality": "num"},
+    "dtype": {"roundtrip": "dtype", "quality": "dtype", "speed": "dtype", "consistency": "dtype"},
+    "suite": {"accuracy": "suite"},
+    "problems": {"accuracy": "problems"},
+    "grids": {"accuracy": "grids", "inversion": "grids"},
+    "nfes": {"accuracy": "nfes"},
+}
+#: options that take a single value in some studies
+_SINGLE = {("steps", "speed"), ("solvers", "consistency")}
+
+
+def _bench_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The study function's keyword arguments from the ``bench`` options given."""
+    kw: dict[str, Any] = {}
+    for option, takers in BENCH_OPTIONS.items():
+        value = vars(args)[option]
+        if value is None:
+            continue
+        if args.study not in takers:
+            raise CLIError(f"--{option} does not apply to the {args.study} study; it applies to: {', '.join(takers)}")
+        if isinstance(value, str) and option in ("solvers", "problems", "grids"):
+            value = [v for v in value.split(",") if v]
+        if isinstance(value, list):
+            if option == "nfes" and min(value) < 1:
+                raise CLIError(f"--nfes values must be >= 1, got {min(value)}")
+            if (option, args.study) in _SINGLE:
+                if len(value) != 1:
+                    raise CLIError(f"--{option} takes one value for the {args.study} study, got {len(value)}")
+                value = value[0]
+            else:
+                value = tuple(value)
+        kw[takers[args.study]] = value
+    return kw
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from . import studies
 
     if args.replot:
         print(f"re-plotted {studies.replot(args.replot)}")
         return
-    kw: dict[str, Any] = {"seed": args.seed, "quick": args.quick, "out_dir": args.out_dir or f"results/{args.study}"}
-    dev = _device(args.device)
-    kw["device"] = dev
-    if args.study != "accuracy":
-        kw["dtype"] = args.dtype
-    if args.solvers:
-        names = [n for n in args.solvers.split(",") if n]
-        if args.study == "consistency":
-            kw["solver"] = names[0]
-        else:
-            kw["solvers"] = tuple(names)
-    if args.steps:
-        kw["steps"] = args.steps[0] if args.study == "speed" else tuple(args.steps)
-    if args.num is not None:
-        if args.study in ("consistency", "speed"):
-            raise CLIError(f"--num does not apply to the {args.study} study")
-        kw["num"] = args.num
-    if args.problems:
-        if args.study != "accuracy":
-            raise CLIError("--problems applies to the accuracy study only")
-        kw["problems"] = tuple(args.problems.split(","))
-    if args.study != "accuracy":
-        kw["show_progress"] = not args.quiet
-    elif args.quiet:
-        kw["show_progress"] = False
-    if args.study == "consistency":
-        kw.pop("show_progress", None)
+    kw = _bench_kwargs(args)
+    run = studies.StudyRun(
+        out_dir=args.out_dir,
+        device=_device(args.device),
+        seed=args.seed,
+        quick=args.quick,
+        show_progress=not args.quiet,
+    )
     t0 = time.perf_counter()
-    studies.STUDIES[args.study](**kw)
-    out = Path(kw["out_dir"])
-    print(f"{args.study} study done in {time.perf_counter() - t0:.1f}s; results in {out}/ ({args.study}.json, PNG)")
+    studies.STUDIES[args.study](**kw, run=run)
+    print(f"{args.study} study done in {time.perf_counter() - t0:.1f}s; results in {run.folder(args.study)}/")
 
 
 def cmd_solvers(args: argparse.Namespace) -> None:
@@ -639,6 +666,9 @@ def _mismatch_flag(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode encoded latents with other settings than they record (a warning; not a reconstruction)",
     )
+
+
+STUDY_NAMES = ("roundtrip", "accuracy", "orders", "inversion", "quality", "speed", "consistency")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -731,18 +761,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the summary JSON here")
     p.set_defaults(func=cmd_likelihood)
 
-    p = sub.add_parser("bench", help="run a study: roundtrip, accuracy, quality, speed or consistency")
-    p.add_argument("study", choices=("roundtrip", "accuracy", "quality", "speed", "consistency"))
+    p = sub.add_parser("bench", help="run a study: " + ", ".join(STUDY_NAMES))
+    p.add_argument("study", choices=STUDY_NAMES)
     p.add_argument("--quick", action="store_true", help="a small version that runs in under a minute")
     p.add_argument("--out-dir", help="output folder (default results/<study>)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="state dtype (default float32)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), help="state dtype (default float32)")
+    p.add_argument("--seed", type=int, help="seed of the study's random draws (default: the study's own)")
     p.add_argument("--solvers", help="comma-separated solver names (default: the study's own list)")
     p.add_argument("--steps", type=int, nargs="+", help="step counts (speed: one value)")
     p.add_argument("--num", type=int, help="number of samples/images")
-    p.add_argument("--problems", help="accuracy only: comma-separated from ring, mix64, model")
-    p.add_argument("--replot", metavar="JSON", help="redraw the plot from a results JSON and exit")
+    p.add_argument("--suite", help="accuracy only: overview (default) or comparison")
+    p.add_argument("--problems", help="accuracy only: comma-separated from ring, mixture64, model")
+    p.add_argument("--grids", help="accuracy, inversion: comma-separated grids")
+    p.add_argument("--nfes", type=int, nargs="+", help="accuracy only: NFE targets (overview) or budgets (comparison)")
+    p.add_argument("--replot", metavar="JSON", help="redraw the plots and tables from a results JSON and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
 

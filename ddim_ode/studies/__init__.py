@@ -1,52 +1,67 @@
-"""Reproducible studies: round trip, accuracy vs NFE, sample quality, speed, consistency.
+"""Reproducible studies: round trip, accuracy vs NFE, measured orders, exact inversion, sample quality,
+speed, consistency.
 
-Each is a library function that writes a JSON of every number (with the environment) and a PNG,
-and is exposed as ``ddim-ode bench <study>``; :func:`replot` redraws a plot from its JSON alone.
-Studies call only the public API (``integrate``/``encode``/``decode``, the solver registry).
+Each is a library function that writes a JSON of every number (with the environment) and its plots
+or tables, and is exposed as ``ddim-ode bench <study>``; :func:`replot` redraws them from the JSON
+alone. Every study takes a :class:`StudyRun` (output folder, device, seed, quick, progress bars).
+Studies call only the public API (``integrate``/``encode``/``decode``/``solve``, the solver registry).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from . import accuracy, quality, roundtrip, speed
-from .accuracy import accuracy_study
-from .common import read_json
+from .._files import read_json
+from .accuracy import SUITES, accuracy_study
+from .accuracy_report import render_accuracy
+from .common import StudyRun
 from .consistency import consistency_study
-from .quality import quality_study
-from .roundtrip import roundtrip_study
-from .speed import speed_study
+from .inversion import inversion_study, write_inversion_table
+from .orders import orders_study, write_orders_table
+from .quality import plot_quality, quality_study
+from .roundtrip import plot_roundtrip, roundtrip_study
+from .speed import plot_speed, speed_study
 
 __all__ = [
     "STUDIES",
+    "SUITES",
+    "StudyRun",
     "accuracy_study",
     "consistency_study",
+    "inversion_study",
+    "orders_study",
     "quality_study",
     "roundtrip_study",
     "speed_study",
     "replot",
 ]
 
-STUDIES = {
+STUDIES: dict[str, Callable[..., dict[str, Any]]] = {
     "roundtrip": roundtrip_study,
     "accuracy": accuracy_study,
+    "orders": orders_study,
+    "inversion": inversion_study,
     "quality": quality_study,
     "speed": speed_study,
     "consistency": consistency_study,
 }
 
-_REPLOT = {
-    "roundtrip": roundtrip.plot_roundtrip,
-    "accuracy": accuracy.plot_accuracy,
-    "quality": quality.plot_quality,
-    "speed": speed.plot_speed,
+_REPLOT: dict[str, Callable[[dict[str, Any], Path], Path]] = {
+    "roundtrip": plot_roundtrip,
+    "accuracy": render_accuracy,
+    "orders": write_orders_table,
+    "inversion": write_inversion_table,
+    "quality": plot_quality,
+    "speed": plot_speed,
 }
 
 
 def replot(json_path: str | Path) -> Path:
-    """Redraw the PNG of a study from its JSON, without recomputing anything."""
+    """Redraw the plots (and tables) of a study from its JSON, without recomputing anything."""
     doc = read_json(json_path)
-    study = doc.get("study")
+    study = doc.get("study") if isinstance(doc, dict) else None
     if study not in _REPLOT:
         raise ValueError(
             f"{json_path} is not a re-plottable study result (study={study!r}); allowed: {', '.join(_REPLOT)}"

@@ -1,283 +1,295 @@
-"""Accuracy versus NFE: each solver's final-state error against a float64 high-accuracy reference.
+"""Accuracy versus NFE: every solver's error against a float64 reference, decoding and encoding.
 
-From the same starting points, each solver integrates along a grid with n steps (n chosen so
-that NFE ≈ each target) and its result is compared with the scipy DOP853 solution of the same
-ODE at rtol 1e-10 (float64). Decoding compares x̄ at σ = 0 (the samples); encoding compares x̄
-at the top of the grid (the latents). Errors are RMS per dimension and max-abs, in x̄.
-Problems: the 2-D 8-mode ring mixture, a 64-dimensional 8-component mixture (exact oracles,
-:mod:`ddim_ode.analytic`), and the built-in digits model (in float64).
+From the same starting points each solver integrates along a grid with n steps, and its result is
+compared with scipy's DOP853 solution of the same ODE (float64; rtol = atol = 1e-10 on the exact
+mixtures, 1e-8 on the network, see :mod:`.problems`):
+
+* decode: x̄ at σ = 0 (= x0) from the noise x_T at the grid's first σ; RMS per dimension, max-abs
+  and the median over samples of each sample's RMS (insensitive to a few samples changing mode);
+* encode: the latent at the top of the grid from the data x0; RMS per dimension in VP scale
+  (x_T = x̄/√(1 + σ_max²)), RMS and max-abs in x̄;
+* round trip: decode(encode(x0)) against x0 with the same solver and grid (a reversible solver
+  carries its state across), for the fixed-grid solvers.
+
+Fixed-grid solvers run at the step counts the suite's rule picks; adaptive ones at each tolerance and
+integration variable, between the grid's endpoints. A suite (:mod:`.suites`) is one complete
+configuration: ``overview`` (the default: the two mixtures and the network, Karras grid) or
+``comparison`` (every solver and option variant on the mixtures, three grids, NFE budgets, adaptive
+solvers in log σ and in σ, round trips and the first-order floor).
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from ..analytic import GaussianMixture, reference_solve
-from ..driver import integrate
-from ..field import ProbabilityFlowODE
+from ..core import from_xbar, solve, to_xbar
 from ..grids import make_grid
-from ..schedules import DiscreteSchedule
-from ..solvers import SOLVERS, get_solver
-from .common import (
-    check_solvers,
-    environment,
-    finish,
-    fit_order,
-    markdown_table,
-    progress,
-    pyplot,
-    save_figure,
-)
+from ..solvers import get_solver
+from .accuracy_report import render_accuracy
+from .common import StudyRun, check_solvers, environment, finish, fit_order, progress, rms
+from .problems import Problem, References, make_problem
+from .suites import ADAPTIVE_GRID_STEPS, DIRECTIONS, SUITES, SolverSpec, Suite
 
-__all__ = ["accuracy_study", "plot_accuracy", "accuracy_table", "PROBLEMS"]
-
-PROBLEMS = ("ring", "mix64", "model")
-DEFAULT_NFES = (3, 5, 10, 20, 50)
-MODEL_NUM = 8  # images for the built-in-model problem
-# the network's field has a kink at every integer timestep (t is piecewise linear in log σ), which makes
-# rtol 1e-10 cost ~15k NFE; at 1e-8 the reference differs from a 1e-6 solve by 6e-6 RMS, far below the errors measured
-REF_RTOL_MODEL = 1e-8
-ADAPTIVE_RTOLS = (1e-2, 1e-3, 1e-4)
+__all__ = ["accuracy_study", "max_abs", "median_sample_error"]
 
 
-def _problem(name: str, num: int, seed: int, device: torch.device) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(seed)
-    if name in ("ring", "mix64"):
-        oracle = GaussianMixture.ring() if name == "ring" else GaussianMixture.random(k=8, dim=64, seed=seed)
-        x0 = oracle.sample(num, g).to(device)
-        return {
-            "model": oracle,
-            "schedule": DiscreteSchedule.linear(),
-            "prediction": "eps",
-            "x0": x0,
-            "label": repr(oracle),
-            "ref_rtol": 1e-10,
-        }
-    if name == "model":
-        from ..data import load_digits
-        from ..io import load_default
-
-        model, schedule, meta = load_default(device)
-        model64 = copy.deepcopy(model).double().eval().requires_grad_(False)
-        data = load_digits("heldout")
-        num = min(num, MODEL_NUM)  # the float64 network reference is the expensive part
-        x0 = data[torch.randperm(len(data), generator=g)[:num]].to(device, torch.float64)
-        return {
-            "model": model64,
-            "schedule": schedule,
-            "prediction": meta.get("prediction", "eps"),
-            "x0": x0,
-            "label": "built-in digits model",
-            "ref_rtol": REF_RTOL_MODEL,
-        }
-    raise ValueError(f"unknown problem {name!r}; allowed: {', '.join(PROBLEMS)}")
+def max_abs(a: Tensor, b: Tensor) -> float:
+    """Largest absolute difference, in float64."""
+    return float((a.double() - b.double()).abs().max())
 
 
-def _error(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    d = (x.double() - ref).reshape(len(ref), -1)
-    return float(d.pow(2).mean().sqrt()), float(d.abs().max())
+def median_sample_error(a: Tensor, b: Tensor) -> float:
+    """Median over samples of each sample's RMS error."""
+    per = ((a.double() - b.double()) ** 2).reshape(a.shape[0], -1).mean(1).sqrt()
+    return float(per.median())
 
 
 def accuracy_study(
-    problems: tuple[str, ...] = ("ring", "mix64", "model"),
+    problems: Sequence[str | Problem] | None = None,
     *,
-    solvers: tuple[str, ...] | None = None,
-    grids: tuple[str, ...] = ("karras",),
-    nfes: tuple[int, ...] = DEFAULT_NFES,
-    adaptive_rtols: tuple[float, ...] = ADAPTIVE_RTOLS,
-    directions: tuple[str, ...] = ("decode", "encode"),
-    num: int = 64,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    out_dir: str | Path = "results/accuracy",
-    quick: bool = False,
-    show_progress: bool = True,
+    suite: str = "overview",
+    solvers: Sequence[str] | None = None,
+    grids: Sequence[str] | None = None,
+    nfes: Sequence[int] | None = None,
+    adaptive_rtols: Sequence[float] | None = None,
+    directions: Sequence[str] | None = None,
+    num: int | None = None,
+    run: StudyRun | None = None,
 ) -> dict[str, Any]:
-    """Error vs NFE for every solver, grid, problem and direction; writes ``accuracy.json``/``.png``.
+    """Error against NFE of every solver on every problem and grid; writes ``accuracy.json``, its
+    plots (``accuracy.png``: problems × directions on the first grid; ``accuracy_decode[_GRID].png``,
+    ``accuracy_encode[_GRID].png``: fixed-grid and adaptive solvers per grid) and ``accuracy_tables.md``.
 
-    ``solvers`` defaults to every registered deterministic solver (stochastic ones are skipped);
-    fixed-grid solvers are run with n = round(NFE / NFE-per-step) for each NFE in ``nfes``,
-    adaptive ones at each rtol in ``adaptive_rtols`` (atol = rtol/10). ``quick``: the ring problem
-    only, 16 points, NFE ∈ {5, 10, 20}, one grid, decoding only.
+    Args:
+        problems: names from :data:`.problems.PROBLEMS` or :class:`.problems.Problem` objects
+            (default: the suite's).
+        suite: ``"overview"`` or ``"comparison"`` (:data:`.suites.SUITES`); the arguments below
+            override it.
+        solvers: solver names (default: the suite's; stochastic solvers are skipped, adaptive ones
+            run at the suite's tolerances).
+        grids, nfes, adaptive_rtols, directions, num: grids, NFE targets or budgets, adaptive
+            solvers' rtols, directions (:data:`.suites.DIRECTIONS`) and samples per problem.
+        run: output folder, device, seed (the data's; the noise's is seed + 1) and ``quick``, the
+            suite's small version.
     """
-    dev = torch.device(device)
-    if quick:
-        problems, num, nfes, grids, directions, adaptive_rtols = (
-            ("ring",),
-            16,
-            (5, 10, 20),
-            grids[:1],
-            ("decode",),
-            (1e-3,),
-        )
-    for d in directions:
-        if d not in ("decode", "encode"):
-            raise ValueError(f"unknown direction {d!r}; allowed: decode, encode")
-    names = check_solvers(solvers) if solvers else sorted(SOLVERS)
-    if not solvers:  # by default the deterministic fixed-grid solvers and two adaptive ones
-        names = [n for n in names if (not get_solver(n).adaptive or n in ("dopri5", "bosh3")) and n != "ddim"]
-    names = [n for n in names if not get_solver(n).stochastic]
-    results: list[dict[str, Any]] = []
-    references: list[dict[str, Any]] = []
-    jobs = [(p, g, d) for p in problems for g in grids for d in directions]
-    for prob_name, grid, direction in progress(jobs, len(jobs), "accuracy", show_progress):
-        prob = _problem(prob_name, num, seed, dev)
-        sch = prob["schedule"]
-        sig_dec = make_grid(sch, grid, 10)
-        s_top = float(sig_dec[0])
-        gx = torch.Generator().manual_seed(seed + 1)
-        if direction == "decode":
-            start = torch.randn(prob["x0"].shape, generator=gx, dtype=torch.float64).to(dev) * (1 + s_top**2) ** 0.5
-            s0, s1 = s_top, 0.0
-        else:
-            start, s0, s1 = prob["x0"].to(torch.float64), 0.0, s_top
-        field = ProbabilityFlowODE(prob["model"], sch, prediction=prob["prediction"])
-        t0 = time.perf_counter()
-        ref, ref_nfe = reference_solve(field, start, s0, s1, rtol=prob["ref_rtol"], atol=prob["ref_rtol"])
-        references.append(
-            {
-                "problem": prob_name,
-                "grid": grid,
-                "direction": direction,
-                "nfe": ref_nfe,
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        x_in = start / (1 + s0**2) ** 0.5  # VP scale at the start
-        for name in names:
-            slv = get_solver(name)
-            if direction == "encode" and not slv.can_encode:
-                continue
-            settings: list[tuple[int, dict[str, Any]]]
-            if slv.adaptive:
-                settings = [(1, {"rtol": r, "atol": r / 10}) for r in adaptive_rtols]
-            else:
-                ns = sorted({max(1, int(round(nfe / slv.nfe_per_step))) for nfe in nfes})
-                settings = [(n, {}) for n in ns]
-            for n, opts in settings:
-                sig = make_grid(sch, grid, n)
-                if direction == "encode":
-                    sig = sig.flip(0)
-                try:
-                    sol = integrate(
-                        x_in,
-                        solver=name,
-                        model=prob["model"],
-                        schedule=sch,
-                        sigmas=sig,
-                        prediction=prob["prediction"],
-                        solver_options=opts,
-                        return_solution=True,
-                    )
-                    rms, mx = _error(sol.xbar, ref)
-                    row = {"nfe": sol.nfe, "rms": rms, "max": mx}
-                except (ValueError, FloatingPointError) as err:
-                    row = {"nfe": None, "rms": None, "max": None, "error": str(err)}
-                results.append(
-                    {
-                        "problem": prob_name,
-                        "grid": grid,
-                        "direction": direction,
-                        "solver": name,
-                        "steps": n,
-                        **opts,
-                        **row,
-                    }
-                )
-    orders = []
-    for p, g, d in jobs:
-        for name in names:
-            rows = [r for r in results if (r["problem"], r["grid"], r["direction"], r["solver"]) == (p, g, d, name)]
-            rows = [r for r in rows if r["rms"] is not None and r["nfe"] and r["nfe"] >= 10]
-            if rows:
-                orders.append(
-                    {
-                        "problem": p,
-                        "grid": g,
-                        "direction": d,
-                        "solver": name,
-                        "order": fit_order([r["nfe"] for r in rows], [r["rms"] for r in rows]),
-                    }
-                )
+    run = run or StudyRun()
+    cfg = _configure(suite, run, grids, nfes, adaptive_rtols, directions)
+    dev = run.torch_device()
+    names = check_solvers(solvers) if solvers is not None else None
+    fixed, adaptive = cfg.fixed_specs(names), cfg.adaptive_specs(names)
+    probs = _problems(cfg, problems, num, dev)
+    results, references, floors = _measure(probs, cfg, fixed, adaptive, run.show_progress)
     doc = {
         "study": "accuracy",
-        "settings": {
-            "problems": list(problems),
-            "solvers": names,
-            "grids": list(grids),
-            "nfes": list(nfes),
-            "adaptive_rtols": list(adaptive_rtols),
-            "directions": list(directions),
-            "num": num,
-            "model_num": min(num, MODEL_NUM),
-            "seed": seed,
-            "reference": "scipy DOP853 in float64, rtol = atol = 1e-10 (analytic problems), 1e-8 (built-in model)",
-            "error": "RMS per dimension of x̄",
-            "quick": quick,
-        },
+        "settings": _settings(cfg, probs, fixed, adaptive, run.quick),
         "environment": environment(dev, torch.float64),
         "references": references,
+        "floors": floors,
         "results": results,
-        "orders": orders,
+        "orders": _orders(results),
     }
-    return finish(doc, out_dir, plot_accuracy)
+    return finish(doc, run.folder("accuracy"), render_accuracy)
 
 
-def plot_accuracy(doc: dict[str, Any], out_dir: str | Path) -> Path:
-    """One log-log panel per (problem, direction) on the first grid: error vs NFE, one line per solver."""
-    plt = pyplot()
-    s = doc["settings"]
-    grid = s["grids"][0]
-    panels = [(p, d) for d in s["directions"] for p in s["problems"]]
-    nrow, ncol = len(s["directions"]), len(s["problems"])
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 4.4 * nrow), squeeze=False)
-    order = {(o["problem"], o["direction"], o["solver"]): o["order"] for o in doc["orders"] if o["grid"] == grid}
-    for ax, (p, d) in zip(axes.reshape(-1), panels):
-        for name in s["solvers"]:
+def _configure(
+    suite: str,
+    run: StudyRun,
+    grids: Sequence[str] | None,
+    nfes: Sequence[int] | None,
+    adaptive_rtols: Sequence[float] | None,
+    directions: Sequence[str] | None,
+) -> Suite:
+    """The suite (its quick version with ``run.quick``) with the caller's overrides."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; allowed: {', '.join(SUITES)}")
+    cfg = SUITES[suite][run.quick]
+    if run.seed is not None:
+        cfg = replace(cfg, data_seed=run.seed, noise_seed=run.seed + 1)
+    if grids is not None:
+        cfg = replace(cfg, grids=tuple(grids))
+    if nfes is not None:
+        cfg = replace(cfg, steps=replace(cfg.steps, nfes=tuple(nfes)))
+    if adaptive_rtols is not None:
+        cfg = replace(cfg, rtols=tuple(adaptive_rtols))
+    if directions is not None:
+        for d in directions:
+            if d not in DIRECTIONS:
+                raise ValueError(f"unknown direction {d!r}; allowed: {', '.join(DIRECTIONS)}")
+        if "roundtrip" in directions and "encode" not in directions:
+            raise ValueError("direction 'roundtrip' needs 'encode' too")
+        cfg = replace(cfg, directions=tuple(directions))
+    return cfg
+
+
+def _problems(
+    cfg: Suite, problems: Sequence[str | Problem] | None, num: int | None, dev: torch.device
+) -> list[Problem]:
+    """The problems asked for (the suite's by default), built with the suite's sizes and seeds."""
+    out = []
+    for p in problems if problems is not None else cfg.problems:
+        if isinstance(p, Problem):
+            out.append(p)
+            continue
+        n = num if num is not None else cfg.num(p)
+        out.append(make_problem(p, n, data_seed=cfg.data_seed, noise_seed=cfg.noise_seed, device=dev))
+    return out
+
+
+def _measure(
+    problems: list[Problem], cfg: Suite, fixed: list[SolverSpec], adaptive: list[SolverSpec], show: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """(result rows, reference solves, floors) over every problem and grid."""
+    results: list[dict[str, Any]] = []
+    references: list[dict[str, Any]] = []
+    floors: dict[str, dict[str, float]] = {}
+    jobs = [(p, g) for p in problems for g in cfg.grids]
+    refs = {p.name: References(p) for p in problems}
+    for problem, grid in progress(jobs, len(jobs), "accuracy", show):
+        ref = refs[problem.name]
+        if cfg.floors:
+            floors.setdefault(problem.name, {})[grid] = _floor(ref, grid)
+        results += _fixed_rows(ref, grid, fixed, cfg)
+        results += _adaptive_rows(ref, grid, adaptive, cfg)
+    for ref in refs.values():
+        references += ref.records
+    return results, references, floors
+
+
+def _fixed_rows(refs: References, grid: str, specs: list[SolverSpec], cfg: Suite) -> list[dict[str, Any]]:
+    schedule = refs.problem.schedule
+    rows = []
+    for spec in specs:
+        for n in cfg.steps.steps(spec, schedule, grid):
+            row = {"n": n, **_run(refs, make_grid(schedule, grid, n), spec, cfg.directions)}
+            rows.append(_head(refs.problem, grid, spec) | row)
+    return rows
+
+
+def _adaptive_rows(refs: References, grid: str, specs: list[SolverSpec], cfg: Suite) -> list[dict[str, Any]]:
+    sig = make_grid(refs.problem.schedule, grid, ADAPTIVE_GRID_STEPS)
+    directions = tuple(d for d in cfg.directions if d != "roundtrip")
+    return [
+        _head(refs.problem, grid, spec)
+        | {"tol": spec.options["rtol"], "variable": spec.options["variable"]}
+        | _run(refs, sig, spec, directions)
+        for spec in specs
+    ]
+
+
+def _head(problem: Problem, grid: str, spec: SolverSpec) -> dict[str, Any]:
+    return {"problem": problem.name, "grid": grid, "label": spec.title, "solver": spec.name, "options": spec.options}
+
+
+def _run(refs: References, sig: Tensor, spec: SolverSpec, directions: Sequence[str]) -> dict[str, Any]:
+    """The errors of one solver on one grid, in each direction asked for."""
+    row: dict[str, Any] = {}
+    if "decode" in directions:
+        row |= _decode(refs, sig, spec)
+    if "encode" in directions and get_solver(spec.name, **spec.options).can_encode:
+        row |= _encode(refs, sig, spec, "roundtrip" in directions)
+    return row
+
+
+def _decode(refs: References, sig: Tensor, spec: SolverSpec) -> dict[str, Any]:
+    problem, sigma0 = refs.problem, float(sig[0])
+    t0 = time.perf_counter()
+    try:
+        sol = solve(problem.field(), to_xbar(problem.x_T, sigma0), sig, spec.name, solver_options=spec.options)
+    except (ValueError, FloatingPointError) as err:
+        return {"nfe": None, "decode_error": None, "decode_failed": str(err)}
+    seconds = time.perf_counter() - t0
+    ref = refs.decode(sigma0)
+    return {
+        "nfe": sol.nfe,
+        "decode_error": rms(sol.xbar, ref),
+        "decode_max_error": max_abs(sol.xbar, ref),
+        "decode_median_sample_error": median_sample_error(sol.xbar, ref),
+        "decode_seconds": seconds,
+    }
+
+
+def _encode(refs: References, sig: Tensor, spec: SolverSpec, roundtrip: bool) -> dict[str, Any]:
+    problem, up = refs.problem, sig.flip(0)
+    top = float(up[-1])
+    try:
+        enc = solve(problem.field(), problem.x0, up, spec.name, solver_options=spec.options)
+    except (ValueError, FloatingPointError) as err:
+        return {"encode_nfe": None, "encode_error": None, "encode_failed": str(err)}
+    ref = refs.encode(top)
+    row = {
+        "encode_nfe": enc.nfe,
+        "encode_error": rms(from_xbar(enc.xbar, top), from_xbar(ref, top)),
+        "encode_xbar_error": rms(enc.xbar, ref),
+        "encode_max_error": max_abs(enc.xbar, ref),
+    }
+    if roundtrip:
+        state = enc.state if enc.solver is not None and enc.solver.reversible else None
+        try:
+            back = solve(problem.field(), enc.xbar, sig, spec.name, solver_options=spec.options, state=state)
+            row["roundtrip_error"] = rms(back.xbar, problem.x0)
+        except (ValueError, FloatingPointError) as err:
+            row |= {"roundtrip_error": None, "roundtrip_failed": str(err)}
+    return row
+
+
+def _floor(refs: References, grid: str) -> float:
+    """Error of one first-order step σ_min → 0 taken from the exact x̄(σ_min): the accuracy limit of
+    every solver whose step to σ = 0 is first order (all but Runge–Kutta with ``final_step="full"``)."""
+    problem = refs.problem
+    sig = make_grid(problem.schedule, grid, ADAPTIVE_GRID_STEPS)
+    sigma0, sigma_min = float(sig[0]), float(sig[-2])
+    xbar = refs.solve(to_xbar(problem.x_T, sigma0), sigma0, sigma_min)
+    last = xbar - sigma_min * refs.field(xbar, sigma_min)
+    return rms(last, refs.decode(sigma0))
+
+
+#: (direction, error key, NFE key) of the fitted orders; encoding is fitted on the error in x̄
+ORDER_KEYS = (("decode", "decode_error", "nfe"), ("encode", "encode_xbar_error", "encode_nfe"))
+
+
+def _orders(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fitted order of each (problem, grid, label, direction) over the runs with NFE ≥ 10."""
+    out = []
+    keys = dict.fromkeys((r["problem"], r["grid"], r["label"]) for r in results)
+    for direction, err_key, nfe_key in ORDER_KEYS:
+        for problem, grid, label in keys:
             rows = [
                 r
-                for r in doc["results"]
-                if (r["problem"], r["grid"], r["direction"], r["solver"]) == (p, grid, d, name)
+                for r in results
+                if (r["problem"], r["grid"], r["label"]) == (problem, grid, label)
+                and r.get(err_key) is not None
+                and r[nfe_key] >= 10
             ]
-            rows = sorted((r for r in rows if r["rms"]), key=lambda r: r["nfe"])
             if rows:
-                k = order.get((p, d, name), float("nan"))
-                ax.loglog([r["nfe"] for r in rows], [r["rms"] for r in rows], "o-", ms=3, label=f"{name} ({k:.1f})")
-        ax.set_title(f"{p}, {d}, grid={grid}")
-        ax.set_xlabel("NFE")
-        ax.set_ylabel("RMS error per dimension")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6, title="solver (fitted order)", title_fontsize=6)
-    return save_figure(fig, Path(out_dir) / "accuracy.png")
+                order = fit_order([r[nfe_key] for r in rows], [r[err_key] for r in rows])
+                out.append({"problem": problem, "grid": grid, "direction": direction, "label": label, "order": order})
+    return out
 
 
-def accuracy_table(
-    doc: dict[str, Any],
-    problem: str,
-    direction: str = "decode",
-    grid: str | None = None,
-    at: tuple[int, ...] = (5, 10, 20, 50),
-) -> str:
-    """Markdown: RMS error of each solver at the NFE closest to each target in ``at``."""
-    grid = grid or doc["settings"]["grids"][0]
-    rows = []
-    for name in doc["settings"]["solvers"]:
-        rs = [
-            r
-            for r in doc["results"]
-            if (r["problem"], r["grid"], r["direction"], r["solver"]) == (problem, grid, direction, name)
-        ]
-        rs = [r for r in rs if r["rms"] is not None]
-        if not rs:
-            continue
-        cells = []
-        for target in at:
-            best = min(rs, key=lambda r: abs(r["nfe"] - target))
-            cells.append(best["rms"] if abs(best["nfe"] - target) <= 0.2 * target + 1 else None)
-        rows.append([name] + cells)
-    return markdown_table(["solver"] + [f"NFE≈{a}" for a in at], rows, fmt=lambda v: f"{v:.2e}")
+def _settings(
+    cfg: Suite, problems: list[Problem], fixed: list[SolverSpec], adaptive: list[SolverSpec], quick: bool
+) -> dict[str, Any]:
+    return {
+        "suite": cfg.name,
+        "problems": [p.describe() for p in problems],
+        "grids": list(cfg.grids),
+        "steps": {"rule": type(cfg.steps).__name__, "nfes": list(cfg.steps.nfes)},
+        "solvers": list(dict.fromkeys(s.title for s in fixed + adaptive)),
+        "adaptive": {
+            "rtols": list(cfg.rtols),
+            "atol": f"rtol / {cfg.atol_divisor:g}",
+            "variables": list(cfg.variables),
+        },
+        "directions": list(cfg.directions),
+        "data_seed": cfg.data_seed,
+        "noise_seed": cfg.noise_seed,
+        "reference": "scipy DOP853 in float64, rtol = atol = each problem's ref_rtol",
+        "error": "RMS per dimension (decode: x0; encode: VP-scale latent and x̄ at the top of the grid)",
+        "quick": quick,
+    }

@@ -1,38 +1,72 @@
-"""What every study shares: the environment record, atomic JSON, model resolution, plotting set-up."""
+"""What every study shares: how it runs (:class:`StudyRun`), the environment record, progress bars,
+plotting set-up and the final write of its JSON and plots."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from .._files import atomic_path
+from .._files import atomic_path, write_json
 
 __all__ = [
+    "StudyRun",
     "environment",
-    "write_json",
-    "read_json",
-    "resolve_model",
+    "model_name",
     "pyplot",
     "save_figure",
+    "write_markdown",
     "progress",
     "fit_order",
-    "markdown_table",
+    "rms",
     "DTYPES",
     "check_dtype",
     "check_solvers",
-    "event_shape",
     "finish",
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """Where and how a study runs; the same for every study.
+
+    Attributes:
+        out_dir: output folder (default ``results/<study>``).
+        device: where the model and the state live.
+        seed: the seed of the study's random draws (default: the study's own, 0 for most).
+        quick: the study's small version, seconds on a CPU (the tests run every study that way).
+        show_progress: progress bars on stderr.
+    """
+
+    out_dir: str | Path | None = None
+    device: str | torch.device = "cpu"
+    seed: int | None = None
+    quick: bool = False
+    show_progress: bool = True
+
+    def folder(self, study: str) -> Path:
+        return Path(self.out_dir) if self.out_dir is not None else Path("results") / study
+
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def seed_or(self, default: int) -> int:
+        return self.seed if self.seed is not None else default
+
+
+def model_name(model: Any) -> str:
+    """How the JSON names the model a study ran: ``built-in`` or the class of the object passed in."""
+    return "built-in" if model is None else type(model).__name__
 
 
 def environment(device: torch.device | str, dtype: torch.dtype) -> dict[str, Any]:
@@ -56,41 +90,6 @@ def environment(device: torch.device | str, dtype: torch.dtype) -> dict[str, Any
     return info
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically."""
-    p = Path(path)
-    with atomic_path(p) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=True) + "\n")
-    return p
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such results file: {p}")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{p} is not a valid results JSON: {err}") from None
-
-
-def resolve_model(
-    model: Any, schedule: Any, device: torch.device, prediction: str = "eps"
-) -> tuple[Any, Any, str, dict[str, Any]]:
-    """(model, schedule, prediction, metadata): the built-in model when ``model`` is None."""
-    if model is None:
-        if schedule is not None:
-            raise ValueError("schedule given without model: the built-in model comes with its own schedule")
-        from ..io import load_default
-
-        m, s, meta = load_default(device)
-        m.eval().requires_grad_(False)
-        return m, s, meta.get("prediction", "eps"), meta
-    if schedule is None:
-        raise ValueError("schedule is required when a model is given")
-    return model, schedule, prediction, {}
-
-
 def pyplot() -> Any:
     import matplotlib
 
@@ -100,41 +99,43 @@ def pyplot() -> Any:
     return plt
 
 
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
+def save_figure(fig: Any, path: str | Path, dpi: int = 120, tight: bool = True) -> Path:
+    """Save a matplotlib figure as PNG atomically and close it; ``tight``: crop to the drawn artists
+    (one more layout pass: a figure laid out with ``tight_layout`` does not need it)."""
     p = Path(path)
     with atomic_path(p) as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None, format="png")
     pyplot().close(fig)
     return p
 
 
+def write_markdown(path: str | Path, text: str) -> Path:
+    """Write a Markdown table (or any text) atomically."""
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return p
+
+
 def progress(items: Iterable[Any], total: int, desc: str, enabled: bool) -> Iterator[Any]:
+    """``items`` with a progress bar on stderr when ``enabled``."""
     from tqdm.auto import tqdm
 
     yield from tqdm(items, total=total, desc=desc, disable=not enabled, leave=False)
 
 
-def fit_order(nfe: list[float], err: list[float]) -> float:
+def rms(a: Tensor, b: Tensor) -> float:
+    """RMS per dimension of ``a − b`` over the whole batch, in float64."""
+    return float(((a.double() - b.double()) ** 2).mean().sqrt())
+
+
+def fit_order(nfe: Sequence[float], err: Sequence[float | None]) -> float:
     """Empirical order: −slope of log(err) against log(NFE) (NaN with fewer than 2 usable points)."""
     pts = [(a, b) for a, b in zip(nfe, err) if b is not None and np.isfinite(b) and b > 0]
     if len(pts) < 2:
         return float("nan")
     x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
     return float(-np.polyfit(x, y, 1)[0])
-
-
-def markdown_table(header: list[str], rows: list[list[Any]], fmt: Callable[[Any], str] | None = None) -> str:
-    """A Markdown table; floats formatted with ``fmt`` (default ``.3g``)."""
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return fmt(v) if fmt else ("–" if not np.isfinite(v) else f"{v:.3g}")
-        return "–" if v is None else str(v)
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def check_dtype(dtype: str) -> torch.dtype:
@@ -153,19 +154,13 @@ def check_solvers(names: Iterable[str]) -> list[str]:
     return out
 
 
-def event_shape(meta: dict[str, Any]) -> tuple[int, ...]:
-    """The (C, H, W) of a loaded model's samples (the built-in model: (1, 8, 8))."""
-    from ..io import sample_shape
-
-    return sample_shape(meta)
-
-
 def finish(
-    doc: dict[str, Any], out_dir: str | Path, plot: Callable[[dict[str, Any], Path], Any] | None
+    doc: dict[str, Any], out_dir: str | Path, render: Callable[[dict[str, Any], Path], Any] | None
 ) -> dict[str, Any]:
-    """Write ``<study>.json`` into ``out_dir`` and draw its plot; returns ``doc``."""
+    """Write ``<study>.json`` into ``out_dir`` (NaN allowed: a failed fit is NaN) and draw its
+    plots and tables with ``render``; returns ``doc``."""
     out = Path(out_dir)
-    write_json(out / f"{doc['study']}.json", doc)
-    if plot is not None:
-        plot(doc, out)
+    write_json(out / f"{doc['study']}.json", doc, allow_nan=True)
+    if render is not None:
+        render(doc, out)
     return doc

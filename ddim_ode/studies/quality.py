@@ -13,6 +13,7 @@ solvers are compared at equal NFE.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +22,12 @@ from torch import Tensor
 
 from ..analytic import AnalyticModel
 from ..driver import decode
+from ..io import sample_shape
+from ..models import ResolvedModel, resolve_model
 from ..solvers import SOLVERS, get_solver
-from .common import (
-    check_dtype,
-    environment,
-    event_shape,
-    finish,
-    markdown_table,
-    progress,
-    pyplot,
-    resolve_model,
-    save_figure,
-)
+from .common import StudyRun, check_dtype, environment, finish, model_name, progress, pyplot, save_figure
 
-__all__ = ["quality_study", "plot_quality", "quality_table", "sliced_wasserstein"]
+__all__ = ["quality_study", "plot_quality", "sliced_wasserstein", "AnalyticMetric", "FrechetMetric"]
 
 DEFAULT_STEPS = (10, 20, 50, 100, 1000)
 DEFAULT_ETAS = (0.0, 0.2, 0.5, 1.0)
@@ -55,7 +48,66 @@ def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 256, seed: int =
     return float((pa - pb).pow(2).mean().sqrt())
 
 
-def _runs(steps: tuple[int, ...], etas: tuple[float, ...], higher: tuple[str, ...], nfes: tuple[int, ...]):  # type: ignore[no-untyped-def]
+class AnalyticMetric:
+    """Exact mean log-likelihood and sliced Wasserstein distance to ``num`` exact samples of an oracle."""
+
+    name = "sliced_wasserstein"
+
+    def __init__(self, oracle: AnalyticModel, num: int, seed: int) -> None:
+        self.oracle, self.num, self.seed = oracle, num, seed
+        self.reference = oracle.sample(num, torch.Generator().manual_seed(seed + 1))
+
+    def score(self, x0: Tensor) -> dict[str, float]:
+        return {
+            "log_likelihood": float(self.oracle.log_prob(x0.double()).mean()),
+            "sliced_wasserstein": sliced_wasserstein(x0, self.reference, seed=self.seed),
+        }
+
+    def baseline(self, shape: tuple[int, ...], generator: torch.Generator) -> dict[str, float]:
+        """The scores of other exact samples."""
+        other = self.oracle.sample(self.num, torch.Generator().manual_seed(self.seed + 2))
+        return {
+            "exact_samples_log_likelihood": float(self.oracle.log_prob(self.reference).mean()),
+            "exact_samples_sliced_wasserstein": sliced_wasserstein(other, self.reference, seed=self.seed),
+        }
+
+
+class FrechetMetric:
+    """Fréchet distance to the held-out digits in the shipped classifier's feature space."""
+
+    name = "frechet_distance"
+
+    def __init__(self, device: torch.device, num: int, seed: int) -> None:
+        from ..data import load_digits
+        from ..features import features, load_classifier
+
+        self.device, self.num, self.seed = device, num, seed
+        self.clf = load_classifier(device)
+        self.ref_feats = features(load_digits("heldout").to(device), self.clf)
+
+    def _fd(self, x: Tensor) -> float:
+        from ..features import features, frechet_distance
+
+        return frechet_distance(features(x, self.clf), self.ref_feats)
+
+    def score(self, x0: Tensor) -> dict[str, float]:
+        return {"frechet_distance": self._fd(x0.clamp(-1, 1))}
+
+    def baseline(self, shape: tuple[int, ...], generator: torch.Generator) -> dict[str, float]:
+        """The scores of ``num`` training digits and of uniform noise drawn with ``generator``."""
+        from ..data import load_digits
+
+        train = load_digits("train")
+        sub = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[: self.num]]
+        noise = torch.rand((self.num, *shape), generator=generator).to(self.device) * 2 - 1
+        return {"train_digits_fd": self._fd(sub.to(self.device)), "uniform_noise_fd": self._fd(noise)}
+
+
+def _runs(
+    steps: Sequence[int], etas: Sequence[float], higher: Sequence[str], nfes: Sequence[int]
+) -> list[dict[str, Any]]:
+    """The DDIM family (η = 0 is euler, η > 0 the ddim solver) at every S, then each higher-order
+    solver at n = round(NFE / NFE per step) for each NFE (n ≥ 2)."""
     runs: list[dict[str, Any]] = []
     for eta in etas:
         for n in steps:
@@ -79,103 +131,50 @@ def quality_study(
     schedule: Any = None,
     *,
     analytic: AnalyticModel | None = None,
-    steps: tuple[int, ...] = DEFAULT_STEPS,
-    etas: tuple[float, ...] = DEFAULT_ETAS,
-    higher: tuple[str, ...] = DEFAULT_HIGHER,
-    nfes: tuple[int, ...] = DEFAULT_NFES,
+    steps: Sequence[int] = DEFAULT_STEPS,
+    etas: Sequence[float] = DEFAULT_ETAS,
+    higher: Sequence[str] = DEFAULT_HIGHER,
+    nfes: Sequence[int] = DEFAULT_NFES,
     num: int = 300,
     grid: str = "uniform",
     batch_size: int = 300,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
     dtype: str = "float32",
-    prediction: str = "eps",
-    out_dir: str | Path = "results/quality",
-    quick: bool = False,
-    show_progress: bool = True,
+    prediction: str | None = None,
+    run: StudyRun | None = None,
 ) -> dict[str, Any]:
     """Quality of ``num`` samples for S ∈ ``steps`` × η ∈ ``etas``, plus ``higher`` solvers at NFE ∈ ``nfes``.
 
     With ``analytic`` given (and ``schedule``), samples come from that exact oracle and the metrics
-    are the exact mean log-likelihood and the sliced Wasserstein distance; otherwise from ``model``
-    (default: the built-in model) and the metric is the Fréchet distance to the held-out digits in
-    the shipped classifier's feature space. ``quick``: 64 samples, S ∈ {10, 20}, η ∈ {0, 1}.
-    Writes ``quality.json`` and ``quality.png`` to ``out_dir``.
+    are the exact mean log-likelihood and the sliced Wasserstein distance (:class:`AnalyticMetric`);
+    otherwise from ``model`` (default: the built-in model) and the metric is the Fréchet distance to
+    the held-out digits in the shipped classifier's feature space (:class:`FrechetMetric`).
+    ``quick``: 64 samples, S ∈ {10, 20}, η ∈ {0, 1}. Writes ``quality.json`` and ``quality.png``.
     """
-    dev = torch.device(device)
-    dt = check_dtype(dtype)
-    if quick:
+    run = run or StudyRun()
+    dev, dt, seed = run.torch_device(), check_dtype(dtype), run.seed_or(0)
+    if run.quick:
         num, steps, etas, nfes, higher = min(num, 64), (10, 20), (0.0, 1.0), (10,), higher[:2]
     if analytic is not None:
         if schedule is None:
             raise ValueError("an analytic study needs a schedule")
-        model_, schedule_, prediction_ = analytic, schedule, "eps"
+        resolved = resolve_model(analytic, schedule, "eps")
         shape: tuple[int, ...] = analytic.event_shape
-        reference = analytic.sample(num, torch.Generator().manual_seed(seed + 1))
-        metric = "sliced_wasserstein"
+        metric: AnalyticMetric | FrechetMetric = AnalyticMetric(analytic, num, seed)
     else:
-        model_, schedule_, prediction_, meta = resolve_model(model, schedule, dev, prediction)
-        shape = event_shape(meta)
-        from ..data import load_digits
-        from ..features import features, load_classifier
-
-        clf = load_classifier(dev)
-        ref_feats = features(load_digits("heldout").to(dev), clf)
-        metric = "frechet_distance"
+        resolved = resolve_model(model, schedule, prediction, dev)
+        shape = sample_shape(resolved.metadata)
+        metric = FrechetMetric(dev, num, seed)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn((num, *shape), generator=g).to(dev, dt)
-    runs = _runs(tuple(steps), tuple(etas), tuple(higher), tuple(nfes))
-    results = []
-    for run in progress(runs, len(runs), "quality", show_progress):
-        opts: dict[str, Any] = {}
-        if run["solver"] == "ddim":
-            opts = {"eta": run["eta"], "generator": torch.Generator(dev).manual_seed(seed + 7)}
-        t0 = time.perf_counter()
-        xs, nfe = [], 0
-        with torch.no_grad():
-            for i in range(0, num, batch_size):
-                sol = decode(
-                    x_T[i : i + batch_size],
-                    run["solver"],
-                    run["steps"],
-                    model=model_,
-                    schedule=schedule_,
-                    grid=grid,
-                    prediction=prediction_,  # type: ignore[arg-type]
-                    solver_options=opts,
-                    return_solution=True,
-                )
-                xs.append(sol.x)
-                nfe = sol.nfe
-        x0 = torch.cat(xs)
-        row = {**run, "nfe": nfe, "seconds": round(time.perf_counter() - t0, 2)}
-        if analytic is not None:
-            row["log_likelihood"] = float(analytic.log_prob(x0.double()).mean())
-            row["sliced_wasserstein"] = sliced_wasserstein(x0, reference, seed=seed)
-        else:
-            from ..features import features, frechet_distance
-
-            row["frechet_distance"] = frechet_distance(features(x0.clamp(-1, 1), clf), ref_feats)
-        results.append(row)
-    baseline: dict[str, float] = {}
-    if analytic is not None:
-        baseline["exact_samples_log_likelihood"] = float(analytic.log_prob(reference).mean())
-        other = analytic.sample(num, torch.Generator().manual_seed(seed + 2))
-        baseline["exact_samples_sliced_wasserstein"] = sliced_wasserstein(other, reference, seed=seed)
-    else:
-        from ..data import load_digits
-        from ..features import features, frechet_distance
-
-        train = load_digits("train")
-        sub = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:num]]
-        baseline["train_digits_fd"] = frechet_distance(features(sub.to(dev), clf), ref_feats)
-        baseline["uniform_noise_fd"] = frechet_distance(
-            features(torch.rand((num, *shape), generator=g).to(dev) * 2 - 1, clf), ref_feats
-        )
+    runs = _runs(steps, etas, higher, nfes)
+    results = [
+        {**r, **_sample_and_score(x_T, r, resolved, grid, batch_size, seed, metric)}
+        for r in progress(runs, len(runs), "quality", run.show_progress)
+    ]
     doc = {
         "study": "quality",
         "settings": {
-            "metric": metric,
+            "metric": metric.name,
             "steps": list(steps),
             "etas": list(etas),
             "higher": [h for h in higher if h in SOLVERS],
@@ -183,17 +182,48 @@ def quality_study(
             "num": num,
             "grid": grid,
             "seed": seed,
-            "schedule": repr(schedule_),
-            "model": repr(analytic)
-            if analytic is not None
-            else ("built-in" if model is None else type(model).__name__),
-            "quick": quick,
+            "schedule": repr(resolved.schedule),
+            "model": repr(analytic) if analytic is not None else model_name(model),
+            "quick": run.quick,
         },
-        "baseline": baseline,
+        "baseline": metric.baseline(shape, g),
         "environment": environment(dev, dt),
         "results": results,
     }
-    return finish(doc, out_dir, plot_quality)
+    return finish(doc, run.folder("quality"), plot_quality)
+
+
+def _sample_and_score(
+    x_T: Tensor,
+    run: dict[str, Any],
+    resolved: ResolvedModel,
+    grid: str,
+    batch_size: int,
+    seed: int,
+    metric: AnalyticMetric | FrechetMetric,
+) -> dict[str, Any]:
+    """Decode ``x_T`` with one run's solver, steps and η; its NFE, time and scores."""
+    opts: dict[str, Any] = {}
+    if run["solver"] == "ddim":
+        opts = {"eta": run["eta"], "generator": torch.Generator(x_T.device).manual_seed(seed + 7)}
+    t0 = time.perf_counter()
+    xs, nfe = [], 0
+    with torch.no_grad():
+        for i in range(0, len(x_T), batch_size):
+            sol = decode(
+                x_T[i : i + batch_size],
+                run["solver"],
+                run["steps"],
+                model=resolved.model,
+                schedule=resolved.schedule,
+                grid=grid,
+                prediction=resolved.prediction,
+                solver_options=opts,
+                return_solution=True,
+            )
+            xs.append(sol.x)
+            nfe = sol.nfe
+    return {"nfe": nfe, "seconds": round(time.perf_counter() - t0, 2), **metric.score(torch.cat(xs))}
 
 
 def plot_quality(doc: dict[str, Any], out_dir: str | Path) -> Path:
@@ -222,22 +252,3 @@ def plot_quality(doc: dict[str, Any], out_dir: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, Path(out_dir) / "quality.png")
-
-
-def quality_table(doc: dict[str, Any]) -> str:
-    """Markdown: rows η, columns S (DDIM family), then one row per higher-order solver."""
-    metric = doc["settings"]["metric"]
-    steps = doc["settings"]["steps"]
-    rows = []
-    for eta in doc["settings"]["etas"]:
-        by_s = {r["steps"]: r[metric] for r in doc["results"] if r["solver"] in ("euler", "ddim") and r["eta"] == eta}
-        rows.append([f"DDIM η={eta:g}"] + [by_s.get(s) for s in steps])
-    table = markdown_table(["sampler"] + [f"S={s}" for s in steps], rows)
-    hrows = [
-        [r["solver"], r["steps"], r["nfe"], r[metric]]
-        for r in doc["results"]
-        if r["solver"] in doc["settings"]["higher"]
-    ]
-    if hrows:
-        table += "\n\n" + markdown_table(["solver", "steps", "NFE", metric.replace("_", " ")], hrows)
-    return table

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,13 @@ import torch
 from torch import Tensor
 
 from ..driver import decode
+from ..io import sample_shape
+from ..models import resolve_model
+from ..schedules import Schedule
 from ..solvers import SOLVERS, get_solver
-from .common import (
-    check_dtype,
-    check_solvers,
-    environment,
-    event_shape,
-    finish,
-    markdown_table,
-    progress,
-    pyplot,
-    resolve_model,
-    save_figure,
-)
+from .common import StudyRun, check_dtype, check_solvers, environment, finish, model_name, progress, pyplot, save_figure
 
-__all__ = ["speed_study", "plot_speed", "speed_table", "TimedModel", "ZeroCostModel"]
+__all__ = ["speed_study", "plot_speed", "TimedModel", "ZeroCostModel"]
 
 
 QUICK_SOLVERS = ("euler", "heun", "dpm-solver++2m")
@@ -59,77 +52,50 @@ class TimedModel(torch.nn.Module):
         self.seconds = 0.0
 
     def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        if self.cuda:
-            torch.cuda.synchronize()
+        self.sync()
         t0 = time.perf_counter()
         out = self.inner(x_t, t)
-        if self.cuda:
-            torch.cuda.synchronize()
+        self.sync()
         self.seconds += time.perf_counter() - t0
         return out
+
+    def sync(self) -> None:
+        """Wait for the GPU (a no-op on the CPU)."""
+        if self.cuda:
+            torch.cuda.synchronize()
 
 
 def speed_study(
     model: Any = None,
     schedule: Any = None,
     *,
-    solvers: tuple[str, ...] | None = None,
-    batch_sizes: tuple[int, ...] = (1, 16, 128),
+    solvers: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (1, 16, 128),
     steps: int = 20,
     repeats: int = 3,
     shape: tuple[int, ...] | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
     dtype: str = "float32",
-    prediction: str = "eps",
-    out_dir: str | Path = "results/speed",
-    quick: bool = False,
-    show_progress: bool = True,
+    prediction: str | None = None,
+    run: StudyRun | None = None,
 ) -> dict[str, Any]:
     """Time ``decode`` with n = ``steps`` for every solver and batch size, on the given model
-    (default: the built-in one) and on :class:`ZeroCostModel`; medians over ``repeats`` runs.
-    ``quick``: batch sizes {1, 16}, one repeat, 5 steps. Writes ``speed.json`` and ``speed.png``."""
-    dev = torch.device(device)
-    dt = check_dtype(dtype)
-    if quick:
+    (default: the built-in one) and on :class:`ZeroCostModel`; medians over ``repeats`` runs after
+    a warm-up. ``quick``: batch sizes {1, 16}, one repeat, 5 steps. Writes ``speed.json`` and ``speed.png``."""
+    run = run or StudyRun()
+    dev, dt, seed = run.torch_device(), check_dtype(dtype), run.seed_or(0)
+    if run.quick:
         batch_sizes, repeats, steps = (1, 16), 1, 5
         solvers = solvers or tuple(n for n in QUICK_SOLVERS if n in SOLVERS)
-    model_, schedule_, prediction_, meta = resolve_model(model, schedule, dev, prediction)
-    if shape is None:
-        shape = event_shape(meta)
+    resolved = resolve_model(model, schedule, prediction, dev)
+    shape = shape if shape is not None else sample_shape(resolved.metadata)
     names = check_solvers(solvers) if solvers else _default_solvers()
-    models = {"network": model_, "zero-cost": ZeroCostModel()}
-    results = []
+    models = {"network": resolved.model, "zero-cost": ZeroCostModel()}
     jobs = [(m, name, b) for m in models for name in names for b in batch_sizes]
-    for mname, name, b in progress(jobs, len(jobs), "speed", show_progress):
-        slv = get_solver(name)
-        opts: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-4} if slv.adaptive else {}
+    results = []
+    for mname, name, b in progress(jobs, len(jobs), "speed", run.show_progress):
         x = torch.randn((b, *shape), generator=torch.Generator().manual_seed(seed)).to(dev, dt)
         timed = TimedModel(models[mname], dev)
-        totals, nets, nfe = [], [], 0
-        with torch.no_grad():
-            for rep in range(repeats + 1):  # the first run warms up and is not counted
-                timed.seconds = 0.0
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                sol = decode(
-                    x,
-                    name,
-                    steps,
-                    model=timed,
-                    schedule=schedule_,
-                    prediction=prediction_,  # type: ignore[arg-type]
-                    solver_options=opts,
-                    return_solution=True,
-                )
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                if rep:
-                    totals.append(time.perf_counter() - t0)
-                    nets.append(timed.seconds)
-                nfe = sol.nfe
-        total, net = statistics.median(totals), statistics.median(nets)
+        total, net, nfe = _time_decode(x, name, steps, timed, resolved.schedule, resolved.prediction, repeats)
         results.append(
             {
                 "model": mname,
@@ -154,13 +120,42 @@ def speed_study(
             "repeats": repeats,
             "shape": list(shape),
             "seed": seed,
-            "quick": quick,
-            "model": "built-in" if model is None else type(model).__name__,
+            "quick": run.quick,
+            "model": model_name(model),
         },
         "environment": environment(dev, dt),
         "results": results,
     }
-    return finish(doc, out_dir, plot_speed)
+    return finish(doc, run.folder("speed"), plot_speed)
+
+
+def _time_decode(
+    x: Tensor, name: str, steps: int, timed: TimedModel, schedule: Schedule, prediction: str, repeats: int
+) -> tuple[float, float, int]:
+    """(median total seconds, median network seconds, NFE) of ``repeats`` decodes after one warm-up."""
+    opts: dict[str, Any] = {"rtol": 1e-3, "atol": 1e-4} if get_solver(name).adaptive else {}
+    totals, nets, nfe = [], [], 0
+    with torch.no_grad():
+        for rep in range(repeats + 1):  # the first run warms up and is not counted
+            timed.seconds = 0.0
+            timed.sync()
+            t0 = time.perf_counter()
+            sol = decode(
+                x,
+                name,
+                steps,
+                model=timed,
+                schedule=schedule,
+                prediction=prediction,  # type: ignore[arg-type]
+                solver_options=opts,
+                return_solution=True,
+            )
+            timed.sync()
+            if rep:
+                totals.append(time.perf_counter() - t0)
+                nets.append(timed.seconds)
+            nfe = sol.nfe
+    return statistics.median(totals), statistics.median(nets), nfe
 
 
 def plot_speed(doc: dict[str, Any], out_dir: str | Path) -> Path:
@@ -180,16 +175,3 @@ def plot_speed(doc: dict[str, Any], out_dir: str | Path) -> Path:
         ax.tick_params(axis="x", rotation=60, labelsize=7)
         ax.legend(fontsize=8)
     return save_figure(fig, Path(out_dir) / "speed.png")
-
-
-def speed_table(doc: dict[str, Any], model: str = "network") -> str:
-    """Markdown: ms per NFE (total / overhead) for each solver and batch size."""
-    bs = doc["settings"]["batch_sizes"]
-    rows = []
-    for name in doc["settings"]["solvers"]:
-        cells: list[Any] = [name]
-        for b in bs:
-            r = next((r for r in doc["results"] if (r["model"], r["solver"], r["batch"]) == (model, name, b)), None)
-            cells.append(f"{1e3 * r['per_nfe_s']:.3g} / {1e3 * r['overhead_per_nfe_s']:.3g}" if r else None)
-        rows.append(cells)
-    return markdown_table(["solver"] + [f"batch {b}: ms/NFE total / overhead" for b in bs], rows)
