@@ -4,25 +4,18 @@ import math
 
 import pytest
 import torch
-from conftest import TinyEpsNet
+from conftest import TinyEpsNet, deterministic_solvers
 
 import ddim_ode
 from ddim_ode import DiscreteSchedule, ProbabilityFlowODE
 from ddim_ode.adjoint import DiscreteAdjoint
-from ddim_ode.solvers import SOLVERS, get_solver
+from ddim_ode.solvers import get_solver
 
 SCHEDULE = DiscreteSchedule.linear()
-FIXED_GRID = [name for name in sorted(SOLVERS) if not get_solver(name).adaptive]
-DETERMINISTIC = [name for name in FIXED_GRID if not getattr(get_solver(name), "eta", 0.0)]
+DETERMINISTIC = deterministic_solvers()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one intra-op thread is faster than several on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny solves
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fixed_grid_solvers
 
 from ddim_ode import DiscreteSchedule, decode, encode
 from ddim_ode._files import TMP_MARK
@@ -27,7 +28,7 @@ from ddim_ode.distributed import (
     sample_to_dir,
     shard_ranges,
 )
-from ddim_ode.solvers import SOLVERS, get_solver
+from ddim_ode.solvers import get_solver
 from ddim_ode.unet import UNet, UNetConfig
 
 NUM, SHARD, STEPS = 40, 8, 4  # 5 shards, the last one full; 20 network calls with euler
@@ -211,7 +212,7 @@ def test_corrupt_shard_is_recomputed_and_missing_indices_are_named(tmp_path):
         merge_dir(tmp_path)
 
 
-FIXED_GRID = sorted(name for name, f in SOLVERS.items() if not f().adaptive)
+FIXED_GRID = fixed_grid_solvers()
 
 
 @pytest.mark.parametrize("solver", FIXED_GRID)
@@ -235,7 +236,6 @@ def test_encode_to_dir_matches_encode_per_shard(tmp_path):
         encode_to_dir(data + 1, tmp_path / "a", **kw)
 
 
-@pytest.mark.skipif("belm" not in SOLVERS, reason="no reversible solver registered")
 def test_encode_to_dir_keeps_a_reversible_solver_state(tmp_path):
     mix = GaussianMixture.random(k=3, dim=6, seed=0)
     data = mix.sample(8, generator=torch.Generator().manual_seed(1), dtype=torch.float32)
@@ -249,8 +249,6 @@ def test_encode_to_dir_keeps_a_reversible_solver_state(tmp_path):
 
 
 def test_stochastic_solver_noise_is_seeded_per_shard(tmp_path):
-    if "ddpm" not in SOLVERS:
-        pytest.skip("no stochastic solver registered")
     kw = dict(model=MLP(), schedule=SCHEDULE, n=4, shard_size=3, shape=(6,), solver="ddpm", device="cpu")
     a = np.load(sample_to_dir(tmp_path / "a", 9, **kw).merged)
     b = np.load(sample_to_dir(tmp_path / "b", 9, batch_size=9, **kw).merged)
@@ -408,7 +406,6 @@ def test_num_and_shape_beyond_the_bounds_are_refused_before_any_work(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.skipif("belm" not in SOLVERS, reason="no reversible solver registered")
 def test_sharded_latents_decode_exactly_with_the_command_line(tmp_path):
     from ddim_ode.cli import main
     from ddim_ode.data import load_digits

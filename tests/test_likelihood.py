@@ -15,13 +15,7 @@ SCHEDULE = DiscreteSchedule.linear()
 TIGHT = dict(rtol=1e-8, atol=1e-8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems: one intra-op thread is faster than several on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny solves
 
 
 def _gen(seed: int) -> torch.Generator:
