@@ -349,7 +349,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         )
     x0 = _cat(sols)
     if m.text is not None:  # latents -> images through the pipeline's VAE
-        x0 = m.text.text.to_images(x0, args.batch_size)
+        x0 = m.text.to_images(x0, args.batch_size)
     wall = time.perf_counter() - t0
     arrays = latent_arrays(
         x_T.cpu().numpy(),

@@ -133,6 +133,10 @@ class PromptConditioning:
         """Whether guidance applies (w > 1, as the pipeline)."""
         return self.guidance_scale > 1.0
 
+    def to_images(self, latents: Tensor, batch_size: int | None = None) -> Tensor:
+        """Images in [−1, 1] from latents through the pipeline's VAE (:meth:`TextToImage.to_images`)."""
+        return self.text.to_images(latents, batch_size)
+
     def decode_kwargs(self, batch: int) -> dict[str, Any]:
         """``model_kwargs`` (and, when guided, ``guidance_scale`` and ``uncond_kwargs``) for ``batch`` samples."""
         out: dict[str, Any] = {"model_kwargs": {"encoder_hidden_states": self.prompt_embeds.expand(batch, -1, -1)}}
