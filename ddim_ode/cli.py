@@ -44,6 +44,7 @@ from .cli_io import (
 )
 from .cli_plan import Plan, describe_record, make_plan, mismatches
 from .core import Solution
+from .diffusers.prompts import PromptConditioning, add_prompt_arguments, prompt_conditioning
 from .driver import decode, encode
 from .grids import GRIDS
 from .images import image_grid, slerp, to_unit
@@ -153,6 +154,7 @@ class _Model:
     shape: tuple[int, ...]
     device: torch.device
     source: str  # "default" or the resolved model directory: what latent files record
+    text: PromptConditioning | None = None  # a text-conditioned pipeline directory's prompt (sample --prompt)
 
 
 def _model_id(name: str | None) -> str:
@@ -166,6 +168,7 @@ def _load(args: argparse.Namespace, batch: int, model: str | None = None) -> _Mo
     dev = _device(args.device)
     name = model or args.model or "default"
     res = resolve_model(name, device=dev)
+    text = prompt_conditioning(args, res.metadata, dev)
     net = res.model
     try:
         shape = sample_shape(res.metadata)
@@ -177,7 +180,7 @@ def _load(args: argparse.Namespace, batch: int, model: str | None = None) -> _Mo
         net = torch.compile(net)
     if getattr(args, "choose_threads", False) and dev.type == "cpu":
         set_threads_for(min(batch, args.batch_size or batch) * math.prod(shape))
-    return _Model(net, res.schedule, res.prediction, shape, dev, _model_id(name))
+    return _Model(net, res.schedule, res.prediction, shape, dev, _model_id(name), text)
 
 
 def _plan(args: argparse.Namespace, m: _Model, stored: LatentFile | None = None, encoding: bool = False) -> Plan:
@@ -288,6 +291,8 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
     check_writable_dir(args.shard_dir)
     with process_group() as info:
         m = _load(args, args.shard_size)
+        if m.text is not None:
+            raise CLIError("--prompt cannot be combined with --out-dir")
         plan = _plan(args, m, encoding=kind == "encode")
         kw: dict[str, Any] = dict(
             model=m.model,
@@ -331,15 +336,20 @@ def cmd_sample(args: argparse.Namespace) -> None:
     plan = _plan(args, m)
     x_T = _noise(args.num, m.shape, args.seed, m.device)
     t0 = time.perf_counter()
+    text = m.text.decode_kwargs if m.text is not None else lambda batch: {}
     with torch.no_grad():
         sols = _batched(
-            lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
+            lambda xb: decode(
+                xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m), **text(xb.shape[0])
+            ),
             x_T,
             args.batch_size,
             "sampling",
             not args.quiet,
         )
     x0 = _cat(sols)
+    if m.text is not None:  # latents -> images through the pipeline's VAE
+        x0 = m.text.to_images(x0, args.batch_size)
     wall = time.perf_counter() - t0
     arrays = latent_arrays(
         x_T.cpu().numpy(),
@@ -701,6 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output PNG; the same name .npz gets 'samples', the noise 'latents' and how they were decoded",
     )
     _sharded(p)
+    add_prompt_arguments(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("encode", help="images -> latents (.npz recording how to decode them)")

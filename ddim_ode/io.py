@@ -26,7 +26,6 @@ respect to the input still flow).
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import reprlib
 from collections.abc import Mapping
@@ -46,6 +45,7 @@ __all__ = [
     "LoadedModel",
     "ModelFormatError",
     "DiffusersEpsModel",
+    "DIFFUSERS_NETWORKS",
     "save_model",
     "load_model",
     "load_default",
@@ -68,9 +68,6 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "digits"
 _RESERVED = ("format", "format_version", "architecture", "unet", "schedule", "prediction")
-#: diffusers' names of what a network predicts, mapped to the package's names
-DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
-DIFFUSERS_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 
 #: bounds of a schedule description: timesteps of a discrete schedule (also the length of a
 #: ``betas`` or ``alphas_cumprod`` list), the offset ``s`` of a cosine schedule, and ``beta_max``
@@ -550,14 +547,32 @@ def load_torch_state_dict(path: str | Path, config: UNetConfig, device: str | to
 # diffusers
 
 
-class DiffusersEpsModel(nn.Module):
-    """A diffusers ``UNet2DModel`` behind the package's model contract ``model(x_t, t) -> Tensor``.
+#: the diffusers networks :func:`load_diffusers_unet` loads, with the keyword arguments their call
+#: takes beyond ``(x_t, t)`` (the conditioning, passed as ``model_kwargs``)
+DIFFUSERS_NETWORKS: dict[str, tuple[str, ...]] = {
+    "UNet2DModel": (),
+    "UNet2DConditionModel": ("encoder_hidden_states",),
+    "SD3Transformer2DModel": ("encoder_hidden_states", "pooled_projections"),
+}
+#: the folders of a pipeline directory that hold its network, in the order they are looked for
+_NETWORK_FOLDERS = ("unet", "transformer")
+_PIPELINE_INDEX = "model_index.json"
+#: AutoencoderKL's default ``scaling_factor`` (Stable Diffusion 1.x/2.x)
+_VAE_SCALING_FACTOR = 0.18215
 
-    ``t`` (a scalar or shape ``(B,)``, any float) is passed as the diffusers ``timestep``; the
-    input is cast to the network's dtype and the output back to the input's dtype. When the
-    network predicts a learned variance as well (``2·C`` output channels) only the first ``C``
-    channels are returned. The output is what the network was trained to predict:
-    :attr:`prediction` (``"eps"``, ``"x0"`` or ``"v"``).
+
+class DiffusersEpsModel(nn.Module):
+    """A diffusers network behind the package's model contract ``model(x_t, t, **kwargs) -> Tensor``.
+
+    ``UNet2DModel`` (``model(x_t, t)``), ``UNet2DConditionModel``
+    (``model(x_t, t, encoder_hidden_states=emb)``, so ``model_kwargs={"encoder_hidden_states": emb}``
+    conditions :func:`ddim_ode.decode`) or ``SD3Transformer2DModel`` (``encoder_hidden_states`` and
+    ``pooled_projections``). ``t`` (a scalar or shape ``(B,)``, any float) is passed as the diffusers
+    ``timestep`` and keyword arguments as they are; the input and floating keyword tensors are cast
+    to the network's dtype and the output back to the input's dtype. When the network predicts a
+    learned variance as well (``2·C`` output channels) only the first ``C`` channels are returned.
+    The output is what the network was trained to predict: :attr:`prediction` (``"eps"``,
+    ``"x0"``, ``"v"`` or ``"flow"``, the velocity ε − x0 of rectified flow).
     """
 
     def __init__(self, unet: nn.Module, prediction: str = "eps") -> None:
@@ -565,43 +580,16 @@ class DiffusersEpsModel(nn.Module):
         self.unet = unet
         self.prediction = prediction
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, **kwargs: Any) -> Tensor:
         dtype = next(self.unet.parameters()).dtype
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        out = self.unet(x.to(dtype), t.to(torch.float32)).sample
+        cond = {k: v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in kwargs.items()}
+        out = self.unet(x.to(dtype), timestep=t.to(torch.float32), return_dict=False, **cond)[0]
         if out.shape[1] == 2 * x.shape[1]:
             out = out[:, : x.shape[1]]
         return out.to(x.dtype)
-
-
-def _diffusers_schedule(cfg: Mapping[str, Any]) -> DiscreteSchedule:
-    """The schedule of a diffusers ``scheduler_config.json``, its numbers checked before anything is built."""
-    if cfg.get("rescale_betas_zero_snr"):
-        raise ValueError(
-            "rescale_betas_zero_snr=True gives alpha_bar = 0 (sigma infinite) at the last step; unsupported"
-        )
-    trained = cfg.get("trained_betas")
-    if trained is not None:
-        betas = check_float_list("trained_betas", trained, min_len=2, max_len=MAX_TIMESTEPS, **_OPEN_UNIT)
-        return DiscreteSchedule(betas=torch.tensor(betas, dtype=torch.float64))
-    kind = cfg.get("beta_schedule", "linear")
-    if not isinstance(kind, str) or kind not in DIFFUSERS_BETA_SCHEDULES:
-        raise ValueError(
-            f"unsupported beta_schedule {reprlib.repr(kind)}; allowed: {', '.join(DIFFUSERS_BETA_SCHEDULES)} "
-            "or trained_betas"
-        )
-    n = check_int("num_train_timesteps", cfg.get("num_train_timesteps", 1000), 2, MAX_TIMESTEPS)
-    b0, b1 = (
-        check_float(key, cfg.get(key, default), **_OPEN_UNIT)
-        for key, default in (("beta_start", 1e-4), ("beta_end", 0.02))
-    )
-    if kind == "linear":
-        return DiscreteSchedule.linear(b0, b1, n)
-    if kind == "scaled_linear":
-        return DiscreteSchedule(betas=torch.linspace(math.sqrt(b0), math.sqrt(b1), n, dtype=torch.float64) ** 2)
-    return DiscreteSchedule.cosine(n)  # same formula as diffusers' betas_for_alpha_bar (s = 0.008, β ≤ 0.999)
 
 
 def _diffusers_weights(unet_dir: Path) -> dict[str, Tensor]:
@@ -622,103 +610,157 @@ def _diffusers_weights(unet_dir: Path) -> dict[str, Tensor]:
     )
 
 
+def _check_network_config(cfg: Mapping[str, Any], net_dir: Path) -> str:
+    """The class of a diffusers network config, if :func:`load_diffusers_unet` can use it."""
+    cls = cfg.get("_class_name", "UNet2DModel")
+    if cls not in DIFFUSERS_NETWORKS:
+        allowed = ", ".join(repr(c) for c in DIFFUSERS_NETWORKS)
+        raise ModelFormatError(
+            f"{net_dir / CONFIG_FILE}: unsupported diffusers class {reprlib.repr(cls)}; allowed: {allowed}"
+        )
+    if cls == "UNet2DModel":
+        if cfg.get("num_class_embeds") or cfg.get("class_embed_type"):
+            raise ModelFormatError(
+                f"{net_dir}: class-conditional UNet2DModel is not supported (no class labels in model(x_t, t))"
+            )
+        if cfg.get("time_embedding_type", "positional") != "positional":
+            raise ModelFormatError(
+                f"{net_dir}: time_embedding_type {cfg['time_embedding_type']!r} (a variance-exploding score model) is "
+                "not supported; allowed: 'positional' (DDPM-style timesteps)"
+            )
+    if cls == "UNet2DConditionModel" and (cfg.get("addition_embed_type") or cfg.get("class_embed_type")):
+        raise ModelFormatError(
+            f"{net_dir}: a UNet2DConditionModel with added conditions (addition_embed_type / class_embed_type, as "
+            "SDXL) is not supported; allowed: text-conditioned UNets of Stable Diffusion 1.x/2.x type"
+        )
+    return str(cls)
+
+
+def _pipeline_components(net_dir: Path) -> dict[str, Any]:
+    """What the pipeline directory around ``net_dir`` holds besides the network (metadata entries)."""
+    pipe_dir = net_dir.parent
+    if not (pipe_dir / _PIPELINE_INDEX).is_file():
+        return {"pipeline": None, "pipeline_class": None, "components": {}}
+    index = _read_json(pipe_dir / _PIPELINE_INDEX)
+    components = {
+        name: str(pipe_dir / name)
+        for name in sorted(index)
+        if not name.startswith("_") and name != net_dir.name and (pipe_dir / name).is_dir()
+    }
+    out: dict[str, Any] = {
+        "pipeline": str(pipe_dir),
+        "pipeline_class": index.get("_class_name"),
+        "components": components,
+    }
+    vae_config = pipe_dir / "vae" / CONFIG_FILE
+    if vae_config.is_file():
+        vae = _read_json(vae_config)
+        try:
+            scaling = check_float("scaling_factor", vae.get("scaling_factor", _VAE_SCALING_FACTOR), 0.0, low_open=True)
+            shift = check_float("shift_factor", vae.get("shift_factor") or 0.0)
+        except ValueError as err:
+            raise ModelFormatError(f"{vae_config}: {err}") from None
+        out["vae_scaling_factor"], out["vae_shift_factor"] = scaling, shift
+    return out
+
+
 def load_diffusers_unet(
     path: str | Path, device: str | torch.device | None = None, schedule: Schedule | None = None
 ) -> LoadedModel:
-    """Load a diffusers ``UNet2DModel`` (needs the ``diffusers`` extra).
+    """Load a diffusers network: a ``UNet2DModel``, a Stable-Diffusion-type ``UNet2DConditionModel``
+    or an ``SD3Transformer2DModel`` (needs the ``diffusers`` extra).
 
     Args:
-        path: the UNet directory (``config.json`` + ``diffusion_pytorch_model.safetensors`` or
-            ``.bin``), or a pipeline directory holding it as ``unet/``.
+        path: the network directory (``config.json`` + ``diffusion_pytorch_model.safetensors`` or
+            ``.bin``), or a pipeline directory holding it as ``unet/`` or ``transformer/``.
         device: where to put the model (default: CPU).
-        schedule: overrides the schedule read from ``scheduler_config.json``; required when there
-            is none.
+        schedule: overrides the path read from ``scheduler_config.json``; required when there is none.
 
-    The schedule comes from ``scheduler_config.json`` in the UNet directory or in the ``scheduler/``
-    folder beside it: ``trained_betas``, or ``beta_schedule`` ``"linear"``, ``"scaled_linear"``
-    (β = linspace(√β₀, √β₁, T)²) or ``"squaredcos_cap_v2"`` (Nichol & Dhariwal's cosine), with
-    ``num_train_timesteps``, ``beta_start``, ``beta_end``. ``metadata["prediction_type"]`` is
-    diffusers' name (``"epsilon"``, ``"v_prediction"``, ``"sample"``) and ``metadata["prediction"]``
-    the package's (``"eps"``, ``"v"``, ``"x0"``), to pass to
-    :class:`~ddim_ode.field.ProbabilityFlowODE`. ``.bin`` weights are read weights-only.
+    The path and prediction come from ``scheduler_config.json`` in the network directory or in the
+    ``scheduler/`` folder beside it (:func:`ddim_ode.diffusers.config.path_from_config`): a DDPM
+    schedule (``trained_betas``, or ``beta_schedule`` ``"linear"``, ``"scaled_linear"`` or
+    ``"squaredcos_cap_v2"`` with ``num_train_timesteps``, ``beta_start``, ``beta_end``) and
+    ``prediction_type``, or, for a ``FlowMatch*`` scheduler, a
+    :class:`~ddim_ode.schedules.FlowSchedule` (``shift``, ``use_dynamic_shifting``, …) with
+    prediction ``"flow"``; a dynamic shift is set (μ) for the network's own sample size
+    (``metadata["image_seq_len"]`` latent tokens), as the SD3 pipeline does at its default resolution.
+
+    The model is a :class:`DiffusersEpsModel`: ``model(x_t, t, **model_kwargs)``, conditioned by
+    ``metadata["conditioning"]`` (the keyword arguments the network takes: ``encoder_hidden_states``
+    for a text-conditioned UNet, and ``pooled_projections`` for SD3). Metadata: ``prediction_type``
+    (diffusers' name, ``None`` for flow matching) and ``prediction`` (the package's), ``sample_shape``,
+    ``network_class``, ``unet_config``, ``scheduler_config`` and its path, and for a network inside a
+    pipeline directory ``pipeline`` (the directory), ``pipeline_class``, ``components`` (the other
+    folders by name: ``vae``, ``text_encoder``, ``tokenizer``, …) and, with a VAE, its
+    ``vae_scaling_factor`` and ``vae_shift_factor`` (latents = (VAE mean − shift) · scaling).
+    ``.bin`` weights are read weights-only.
     """
+    from .diffusers.config import path_from_config  # reads configs only: diffusers is imported below
+
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"no such diffusers model directory: {root}")
-    unet_dir = root / "unet" if (root / "unet" / CONFIG_FILE).is_file() else root
-    cfg = _read_json(unet_dir / CONFIG_FILE)
-    cls = cfg.get("_class_name", "UNet2DModel")
-    if cls != "UNet2DModel":
-        raise ModelFormatError(
-            f"{unet_dir / CONFIG_FILE}: unsupported diffusers class {cls!r}; allowed: 'UNet2DModel' "
-            "(unconditional image UNets; text- or class-conditional models need their conditioning)"
-        )
-    if cfg.get("num_class_embeds") or cfg.get("class_embed_type"):
-        raise ModelFormatError(
-            f"{unet_dir}: class-conditional UNet2DModel is not supported (no class labels in model(x_t, t))"
-        )
-    if cfg.get("time_embedding_type", "positional") != "positional":
-        raise ModelFormatError(
-            f"{unet_dir}: time_embedding_type {cfg['time_embedding_type']!r} (a variance-exploding score model) is not "
-            "supported; allowed: 'positional' (DDPM-style timesteps)"
-        )
+    net_dir = next((root / f for f in _NETWORK_FOLDERS if (root / f / CONFIG_FILE).is_file()), root)
+    cfg = _read_json(net_dir / CONFIG_FILE)
+    cls = _check_network_config(cfg, net_dir)
     sched_path = next(
         (
             p
-            for p in (unet_dir / "scheduler_config.json", unet_dir.parent / "scheduler" / "scheduler_config.json")
+            for p in (net_dir / "scheduler_config.json", net_dir.parent / "scheduler" / "scheduler_config.json")
             if p.is_file()
         ),
         None,
     )
     sched_cfg = _read_json(sched_path) if sched_path is not None else {}
-    pred_name = sched_cfg.get("prediction_type", "epsilon")
-    if pred_name not in DIFFUSERS_PREDICTIONS:
-        raise ModelFormatError(
-            f"{sched_path}: unknown prediction_type {pred_name!r}; allowed: {', '.join(DIFFUSERS_PREDICTIONS)}"
+    side = cfg.get("sample_size")
+    hw = [int(v) for v in side] if isinstance(side, (list, tuple)) else [side, side]
+    try:  # the latent tokens of a transformer: (H / patch) (W / patch)
+        patch = check_int("patch_size", cfg.get("patch_size") or 1, 1)
+    except ValueError as err:
+        raise ModelFormatError(f"{net_dir / CONFIG_FILE}: {err}") from None
+    seq_len = (hw[0] // patch) * (hw[1] // patch) if side is not None else None
+    try:
+        own_schedule, prediction = path_from_config(sched_cfg, image_seq_len=seq_len)
+    except ValueError as err:
+        raise ModelFormatError(f"{sched_path}: {err}") from None
+    if schedule is None and sched_path is None:
+        raise FileNotFoundError(
+            f"no scheduler_config.json in {net_dir} or {net_dir.parent / 'scheduler'}; pass schedule=... explicitly"
         )
-    if schedule is None:
-        if sched_path is None:
-            raise FileNotFoundError(
-                f"no scheduler_config.json in {unet_dir} or {unet_dir.parent / 'scheduler'}; "
-                "pass schedule=... explicitly"
-            )
-        try:
-            schedule = _diffusers_schedule(sched_cfg)
-        except ValueError as err:
-            raise ModelFormatError(f"{sched_path}: {err}") from None
 
     try:
-        from diffusers import UNet2DModel
+        import diffusers
     except ImportError as err:
         raise ImportError(
             "loading diffusers models needs diffusers; install it with `pip install ddim_ode[diffusers]`"
         ) from err
     with torch.random.fork_rng(devices=[]):  # the random initialisation is overwritten: leave the global RNG alone
-        unet = UNet2DModel.from_config(cfg)
-    _load_checked(unet, _diffusers_weights(unet_dir), str(unet_dir))
-    prediction = DIFFUSERS_PREDICTIONS[pred_name]
-    model = _finish(DiffusersEpsModel(unet, prediction), device)
-    side = cfg.get("sample_size")
-    hw = list(side) if isinstance(side, (list, tuple)) else [side, side]
+        net = getattr(diffusers, cls).from_config(cfg)
+    _load_checked(net, _diffusers_weights(net_dir), str(net_dir))
+    model = _finish(DiffusersEpsModel(net, prediction), device)
     metadata = {
         "format": "diffusers",
-        "source": str(unet_dir),
+        "source": str(net_dir),
+        "network_class": cls,
+        "conditioning": list(DIFFUSERS_NETWORKS[cls]),
         "sample_shape": [int(cfg.get("in_channels", 3)), *hw] if side is not None else None,
-        "prediction_type": pred_name,
+        "prediction_type": None if prediction == "flow" else sched_cfg.get("prediction_type", "epsilon"),
         "prediction": prediction,
         "unet_config": cfg,
         "scheduler_config": sched_cfg or None,
         "scheduler_config_path": str(sched_path) if sched_path is not None else None,
+        "image_seq_len": seq_len,
+        **_pipeline_components(net_dir),
     }
-    return LoadedModel(model, schedule, metadata)
+    return LoadedModel(model, schedule if schedule is not None else own_schedule, metadata)
 
 
 def load_any(path: str | Path | None = None, device: str | torch.device | None = None) -> LoadedModel:
     """Load a model from whatever ``path`` holds.
 
     ``None`` or ``"default"``: the built-in model (:func:`load_default`); a directory with a
-    ddim_ode ``config.json``: :func:`load_model`; a diffusers UNet or pipeline directory:
-    :func:`load_diffusers_unet` (with its scheduler config).
+    ddim_ode ``config.json``: :func:`load_model`; a diffusers network or pipeline directory (a
+    ``unet/`` or ``transformer/`` folder): :func:`load_diffusers_unet` (with its scheduler config).
     """
     if path is None or str(path) == "default":
         return load_default(device)
@@ -727,7 +769,7 @@ def load_any(path: str | Path | None = None, device: str | torch.device | None =
         config = p / CONFIG_FILE
         if config.is_file() and _read_json(config).get("format") == FORMAT:
             return load_model(p, device)
-        if config.is_file() or (p / "unet" / CONFIG_FILE).is_file():
+        if config.is_file() or any((p / f / CONFIG_FILE).is_file() for f in _NETWORK_FOLDERS):
             return load_diffusers_unet(p, device)
     elif p.is_file() and p.name in (MODEL_FILE, CONFIG_FILE):
         return load_model(p, device)
@@ -735,7 +777,8 @@ def load_any(path: str | Path | None = None, device: str | torch.device | None =
         raise FileNotFoundError(f"no such model: {p}")
     raise ModelFormatError(
         f"{p} is not a model this package can load; allowed: 'default', a ddim_ode model directory "
-        f"({MODEL_FILE} + {CONFIG_FILE}), or a diffusers UNet2DModel / pipeline directory"
+        f"({MODEL_FILE} + {CONFIG_FILE}), or a diffusers network ({', '.join(DIFFUSERS_NETWORKS)}) / pipeline "
+        "directory"
     )
 
 

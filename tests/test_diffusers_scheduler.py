@@ -1,34 +1,32 @@
 """The diffusers integration: ODEScheduler in pipeline loops, exact inversion of pipeline latents, errors.
 
 Tiny models with random weights, built from configs (no hub access): a UNet2DModel for hand loops
-over ``scheduler.timesteps`` (the loop of DDPMPipeline / DDIMPipeline), and a Stable Diffusion
-pipeline (UNet2DConditionModel, AutoencoderKL, CLIPTextModel and a CLIPTokenizer built from a
-vocabulary written here) saved with ``save_pretrained`` and loaded back.
+over ``scheduler.timesteps`` (the loop of DDPMPipeline / DDIMPipeline), a small flow network for
+hand loops of flow-matching schedulers, a Stable Diffusion pipeline (UNet2DConditionModel,
+AutoencoderKL, CLIPTextModel and a CLIPTokenizer built from a vocabulary written here) saved with
+``save_pretrained`` and loaded back, and an SD3 pipeline (a tiny SD3Transformer2DModel, prompt
+embeddings); see tests/tiny_pipelines.py.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from tiny_pipelines import SD_SCHEDULER, VelocityNet, sd3_conditioning, sd3_pipeline, sd_pipeline  # noqa: E402
+
 import ddim_ode  # noqa: E402
 from ddim_ode.diffusers import InvertedLatents, ODEScheduler, invert, loop_solvers, pipeline_model  # noqa: E402
 from ddim_ode.io import DiffusersEpsModel  # noqa: E402
-
-SD_SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-)
+from ddim_ode.schedules import FlowSchedule  # noqa: E402
 
 
 def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -98,6 +96,49 @@ def test_dpm_solver_pp2m_reproduces_dpm_multistep(unet, x_T, spacing):
     ode = ODEScheduler.from_scheduler(dpm, solver="dpm-solver++2m")
     assert _relative_gap(_loop(unet, ode, x_T, 6), _loop(unet, dpm, x_T, 6)) < 2e-6
     assert torch.equal(ode.timesteps, dpm.timesteps.float())
+
+
+@pytest.mark.parametrize(
+    ("n", "config", "first_order"),
+    [
+        (10, dict(final_sigmas_type="sigma_min"), True),  # lower_order_final below 15 steps
+        (15, dict(final_sigmas_type="sigma_min"), False),
+        (15, dict(final_sigmas_type="sigma_min", euler_at_final=True), True),
+        (10, dict(final_sigmas_type="sigma_min", lower_order_final=False), False),
+    ],
+    ids=["lower_order_final-n10", "n15", "euler_at_final-n15", "no-lower_order_final-n10"],
+)
+def test_dpm_solver_pp2m_takes_the_last_step_of_dpm_multistep(unet, x_T, n, config, first_order):
+    dpm = diffusers.DPMSolverMultistepScheduler(**config)
+    ref = _loop(unet, dpm, x_T, n)
+    ode = ODEScheduler.from_scheduler(dpm, solver="dpm-solver++2m")
+    assert _relative_gap(_loop(unet, ode, x_T, n), ref) < 1e-6  # 4e-7 to 6e-7 measured
+    assert ode.solver.lower_order_final is first_order and ode.sigmas[-1] > 0
+    # the other last step is measurably further (3e-6 at n = 15, 1.7e-5 at n = 10): the option makes the agreement
+    other = ODEScheduler.from_scheduler(dpm, solver="dpm-solver++2m", lower_order_final=not first_order)
+    assert _relative_gap(_loop(unet, other, x_T, n), ref) > 2e-6
+
+
+def test_lower_order_final_is_one_ddim_step_at_the_end():
+    """On an exact Gaussian oracle: the option changes the last step only, into the DDIM step."""
+    from ddim_ode.analytic import Gaussian
+    from ddim_ode.field import ProbabilityFlowODE
+    from ddim_ode.solvers import get_solver
+
+    field = ProbabilityFlowODE(Gaussian([0.0, 0.5, -1.0], [0.5, 0.5, 0.5]), ddim_ode.DiscreteSchedule.linear())
+    grid = torch.tensor([20.0, 5.0, 1.0, 0.3, 0.05], dtype=torch.float64)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20
+    plain, lower = get_solver("dpm-solver++2m"), get_solver("dpm-solver++2m", lower_order_final=True)
+    steps: dict[str, list[torch.Tensor]] = {"plain": [], "lower": []}
+    for name, slv in (("plain", plain), ("lower", lower)):
+        slv.solve(field, x, grid, lambda i, sigma, xb, name=name: steps[name].append(xb))
+    assert all(torch.equal(a, b) for a, b in zip(steps["plain"][:-1], steps["lower"][:-1]))  # same until the end
+    head = steps["plain"][-2]
+    want = torch.add(head, field(head, 0.3), alpha=0.05 - 0.3)  # DDIM = first-order DPM-Solver++
+    assert torch.allclose(steps["lower"][-1], want, rtol=1e-13, atol=1e-13)
+    assert not torch.allclose(steps["plain"][-1], want, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="lower_order_final must be true or false"):
+        get_solver("dpm-solver++2m", lower_order_final=1)
 
 
 @pytest.mark.parametrize("solver", ["heun", "rk4", "dpm-solver-3", "unipc", "plms", "belm", "reversible-heun"])
@@ -201,12 +242,167 @@ def test_errors():
         ODEScheduler(grid="even")
     with pytest.raises(ValueError, match="rescale_betas_zero_snr"):
         ODEScheduler.from_scheduler(diffusers.DDIMScheduler(rescale_betas_zero_snr=True))
-    with pytest.raises(ValueError, match="flow-matching"):
-        ODEScheduler.from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler())
+    flow = diffusers.FlowMatchEulerDiscreteScheduler
+    with pytest.raises(ValueError, match="stochastic_sampling=True .*; allowed: False"):
+        ODEScheduler.from_scheduler(flow(stochastic_sampling=True))
+    with pytest.raises(ValueError, match="invert_sigmas=True .*; allowed: False"):
+        ODEScheduler.from_scheduler(flow(invert_sigmas=True))
+    with pytest.raises(ValueError, match="use_flow_sigmas / flow_prediction.*allowed flow-matching configs"):
+        ODEScheduler.from_scheduler(diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True))
+    with pytest.raises(ValueError, match="unsupported flow-matching scheduler 'FlowMatchLCMScheduler'"):
+        ODEScheduler.from_config({"_class_name": "FlowMatchLCMScheduler"})
+    with pytest.raises(ValueError, match=r"use_dynamic_shifting\): set_timesteps needs mu="):
+        ODEScheduler.from_scheduler(flow(use_dynamic_shifting=True)).set_timesteps(4)
+    with pytest.raises(ValueError, match="mu applies to flow-matching configs.*allowed: mu=None"):
+        ODEScheduler().set_timesteps(4, mu=0.5)
     with pytest.raises(ValueError, match="deterministic: eta must be 0"):
         ode = ODEScheduler()
         ode.set_timesteps(2)
         ode.step(torch.zeros(1, 1, 2, 2), 500, torch.zeros(1, 1, 2, 2), eta=1.0)
+
+
+# ------------------------------------------------------------------------- flow matching (SD3 / Flux type)
+
+
+def _flow_loop(net, scheduler, x, n, **kwargs):
+    """The loop of a flow pipeline: one network call and one step per entry of timesteps."""
+    scheduler.set_timesteps(n, **kwargs)
+    for t in scheduler.timesteps:
+        x = scheduler.step(net(x, t), t, x).prev_sample
+    return x
+
+
+@pytest.fixture(scope="module")
+def noise():
+    return torch.randn(4, 6, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize(
+    ("config", "mu"), [(dict(shift=3.0), None), (dict(use_dynamic_shifting=True), 0.8)], ids=["shift3", "dynamic"]
+)
+def test_flow_euler_reproduces_flow_match_euler(noise, config, mu):
+    net = VelocityNet()
+    ref = diffusers.FlowMatchEulerDiscreteScheduler(**config)
+    ode = ODEScheduler.from_scheduler(ref, solver="euler")
+    assert ode.prediction == "flow" and ode.init_noise_sigma == 1.0 and ode.scale_model_input(noise, 1000.0) is noise
+    want = _flow_loop(net, ref, noise, 12, mu=mu)
+    got = _flow_loop(net, ode, noise, 12, mu=mu)
+    assert torch.equal(ode.timesteps, ref.timesteps)  # τ · 1000 from τ = 1 (σ = ∞) down
+    assert math.isinf(ode.sigmas[0]) and ode.sigmas[-1] == 0 and len(ode.sigmas) == 13
+    assert _relative_gap(got, want) < 1e-6  # float32 rounding (3e-7 measured)
+    # Flux-style: sigmas before the shift, one per step, with mu
+    flux = np.linspace(1.0, 1 / 12, 12)
+    assert (
+        _relative_gap(
+            _flow_loop(net, ode, noise, None, sigmas=flux, mu=mu), _flow_loop(net, ref, noise, None, sigmas=flux, mu=mu)
+        )
+        < 1e-6
+    )
+    assert torch.equal(ode.timesteps, ref.timesteps)
+    # the first step from pure noise estimates x0 = x - v (tau = 1)
+    ode.set_timesteps(12, mu=mu)
+    t = ode.timesteps[0]
+    out = ode.step(net(noise, t), t, noise)
+    assert torch.allclose(out.pred_original_sample, noise - net(noise, t), atol=1e-6)
+
+
+@pytest.mark.parametrize("solver", ["heun", "dpm-solver++2m", "unipc", "rk4"])
+def test_flow_loop_equals_decode(noise, solver):
+    net = VelocityNet()
+    ode = ODEScheduler.from_scheduler(diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), solver=solver)
+    out = _flow_loop(net, ode, noise, 6)
+    sol = ddim_ode.decode(
+        noise,
+        solver,
+        model=net,
+        schedule=FlowSchedule(shift=3.0),
+        prediction="flow",
+        sigmas=ode.sigmas,
+        return_solution=True,
+    )
+    assert len(ode.timesteps) == sol.nfe
+    assert _relative_gap(out, sol.x) < 1e-6  # equal in the measurement
+
+
+def test_flow_add_noise_and_scale_noise():
+    ref = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    ode = ODEScheduler.from_scheduler(ref)
+    ref.set_timesteps(5)
+    ode.set_timesteps(5)
+    x0, eps = torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3)
+    t = ref.timesteps[[0, 2]]
+    tau = (t / 1000).reshape(-1, 1, 1, 1)
+    assert torch.allclose(ode.add_noise(x0, eps, t), (1 - tau) * x0 + tau * eps, atol=1e-6)
+    assert torch.equal(ode.add_noise(x0, eps, t)[0], eps[0])  # tau = 1: pure noise
+    ref.set_begin_index(0)
+    assert torch.allclose(
+        ode.scale_noise(x0, t[:1].repeat(2), eps), ref.scale_noise(x0, t[:1].repeat(2), eps), atol=1e-6
+    )
+
+
+def test_flow_config_mirrors_shift_settings_and_saves(tmp_path):
+    ref = diffusers.FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.6, max_shift=1.3)
+    ode = ODEScheduler.from_scheduler(ref, solver="unipc")
+    assert ode.config.use_dynamic_shifting is True and ode.config.max_shift == 1.3  # read by flow pipelines for mu
+    ode.save_pretrained(tmp_path)
+    back = ODEScheduler.from_pretrained(tmp_path)
+    for s in (ode, back):
+        s.set_timesteps(7, mu=1.1)
+    assert torch.equal(back.timesteps, ode.timesteps) and back.schedule.mu == 1.1
+
+
+def test_reversible_solver_drops_the_infinite_top(noise):
+    net = VelocityNet()
+    flow = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    euler = ODEScheduler.from_scheduler(flow, solver="euler")
+    belm = ODEScheduler.from_scheduler(flow, solver="belm", start_fresh=True)
+    euler.set_timesteps(8)
+    belm.set_timesteps(8)
+    assert math.isinf(euler.sigmas[0]) and torch.equal(belm.sigmas, euler.sigmas[1:])
+    assert belm.timesteps[0] == euler.timesteps[1]
+    # the noise is taken as x at tau_1, as decode on the finite grid
+    sol = ddim_ode.decode(noise, "belm", model=net, schedule=belm.schedule, prediction="flow", sigmas=belm.sigmas)
+    assert _relative_gap(_flow_loop(net, belm, noise, 8), sol) < 1e-6
+
+
+@pytest.fixture(scope="module", params=[dict(shift=3.0), dict(use_dynamic_shifting=True)], ids=["shift3", "dynamic"])
+def sd3(request):
+    """A tiny SD3 pipeline with a FlowMatchEulerDiscreteScheduler, and the scheduler."""
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(**request.param)
+    return sd3_pipeline(scheduler), scheduler
+
+
+def _sd3_latents(pipe, scheduler, latents, **kwargs):
+    pipe.scheduler = scheduler
+    call = dict(sd3_conditioning(), num_inference_steps=6, output_type="latent", height=64, width=64)
+    return pipe(latents=latents, **{**call, **kwargs}).images
+
+
+def test_sd3_pipeline_euler_reproduces_flow_match_euler(sd3):
+    pipe, flow = sd3
+    x_T = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    ref = _sd3_latents(pipe, flow, x_T)
+    ode = ODEScheduler.from_scheduler(flow, solver="euler")
+    assert _relative_gap(_sd3_latents(pipe, ode, x_T), ref) < 2e-6  # the pipeline passes mu when shifting dynamically
+    assert torch.equal(ode.timesteps, flow.timesteps)
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 7.0])
+def test_sd3_belm_inversion_round_trip_is_exact(sd3, guidance_scale):
+    pipe, flow = sd3
+    x0 = _sd3_latents(pipe, flow, torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4)))
+    ode = ODEScheduler.from_scheduler(flow, solver="belm")
+    pipe.scheduler = ode
+    z = invert(pipe, latents=x0, n=6, guidance_scale=guidance_scale, **sd3_conditioning())
+    assert isinstance(z, InvertedLatents)
+    back = _sd3_latents(pipe, ode, z, guidance_scale=guidance_scale)
+    mse = float(((back - x0) ** 2).mean())
+    assert mse < 1e-10
+    assert len(ode.timesteps) == 5  # the grid starts at tau_1, below pure noise
+    euler = ODEScheduler.from_scheduler(flow, solver="euler")  # against approximate (DDIM) inversion
+    pipe.scheduler = euler
+    z = invert(pipe, latents=x0, n=6, solver="euler", guidance_scale=guidance_scale, **sd3_conditioning())
+    assert float(((_sd3_latents(pipe, euler, z, guidance_scale=guidance_scale) - x0) ** 2).mean()) > 1e4 * mse
 
 
 # ------------------------------------------------------------------------- a tiny Stable Diffusion
@@ -215,51 +411,9 @@ def test_errors():
 @pytest.fixture(scope="module")
 def sd(tmp_path_factory):
     """A tiny StableDiffusionPipeline (DDIM scheduler, SD config) saved and loaded back, and its DDIM scheduler."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers.pre_tokenizers import ByteLevel
-
+    pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("sd")
-    vocab = {"<|startoftext|>": 0, "!": 1, "<|endoftext|>": 2}
-    for c in sorted(ByteLevel.alphabet()):  # a character-level byte BPE vocabulary (no merges)
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    (root / "tok").mkdir()
-    (root / "tok" / "vocab.json").write_text(json.dumps(vocab))
-    (root / "tok" / "merges.txt").write_text("#version: 0.2\n")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        unet = diffusers.UNet2DConditionModel(
-            sample_size=8,
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-        )
-        vae = diffusers.AutoencoderKL(
-            block_out_channels=(32, 64),
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            latent_channels=4,
-            sample_size=16,
-        )
-        text = transformers.CLIPTextModel(
-            transformers.CLIPTextConfig(
-                hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000
-            )
-        )
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=transformers.CLIPTokenizer.from_pretrained(root / "tok", model_max_length=16),
-        unet=unet,
-        scheduler=diffusers.DDIMScheduler(**SD_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(root / "pipe")
+    sd_pipeline(root).save_pretrained(root / "pipe")
     pipe = diffusers.StableDiffusionPipeline.from_pretrained(root / "pipe", safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe, pipe.scheduler

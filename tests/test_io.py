@@ -509,7 +509,7 @@ def test_diffusers_errors(tmp_path):
     config = root / "unet" / "config.json"
     doc = json.loads(config.read_text())
     (sched_dir / "scheduler_config.json").unlink()
-    config.write_text(json.dumps({**doc, "_class_name": "UNet2DConditionModel"}))
+    config.write_text(json.dumps({**doc, "_class_name": "UNet3DConditionModel"}))
     with pytest.raises(ModelFormatError, match="allowed: 'UNet2DModel'"):
         load_diffusers_unet(root, schedule=explicit)
     config.write_text(json.dumps({**doc, "block_out_channels": [8, 32]}))

@@ -1,27 +1,32 @@
 """What a diffusers scheduler configuration says about the probability-flow ODE.
 
-A diffusers scheduler config (``scheduler.config``, or a ``scheduler_config.json``) names
+A diffusers scheduler config (``scheduler.config``, or a ``scheduler_config.json``) names two
+things. The first is the model's Gaussian path and what the network predicts (:func:`path_from_config`),
+all :mod:`ddim_ode.io` needs to load a model:
 
-* the noise schedule: ``beta_schedule`` (``"linear"``, ``"scaled_linear"`` or
+* a DDPM-type (variance-preserving) path: ``beta_schedule`` (``"linear"``, ``"scaled_linear"`` or
   ``"squaredcos_cap_v2"``) with ``beta_start``, ``beta_end`` and ``num_train_timesteps``, or
-  ``trained_betas``;
-* what the network predicts: ``prediction_type`` (``"epsilon"``, ``"v_prediction"``, ``"sample"``);
-* where its timesteps come from: ``timestep_spacing`` (``"leading"``, ``"trailing"``,
-  ``"linspace"``) and ``steps_offset``, applied by the scheduler class itself (its ``_class_name``);
-* where a decoding grid ends: ``set_alpha_to_one`` (DDIM family: ``True`` ends at ᾱ = 1, σ = 0;
-  ``False`` at ᾱ of timestep 0) or ``final_sigmas_type`` (DPM-Solver/Euler family: ``"zero"`` or
-  ``"sigma_min"``); without either, σ = 0.
+  ``trained_betas``; the prediction is ``prediction_type`` (``"epsilon"``, ``"v_prediction"``,
+  ``"sample"``);
+* a rectified-flow path (the ``FlowMatch*`` schedulers of SD3 / Flux-type models): ``shift``, or
+  ``use_dynamic_shifting`` with ``base_shift``, ``max_shift``, ``base_image_seq_len``,
+  ``max_image_seq_len`` and ``time_shift_type``, over ``num_train_timesteps``
+  (:class:`~ddim_ode.schedules.FlowSchedule`); the network predicts the velocity ε − x0
+  (prediction ``"flow"``).
 
-:func:`read_scheduler_config` turns it into a :class:`SchedulerSpec` and refuses what it cannot
-map with a one-line ``ValueError`` naming the allowed values. Schedules are built in float64 from
-the config (diffusers computes them in float32, which makes a relative difference of about 1e-6
-in ᾱ). Options that are not part of the ODE — ``clip_sample``, ``thresholding``, ``eta`` — have
-no counterpart and are not read. Nothing here imports diffusers.
+The second is how the scheduler samples (:func:`read_scheduler_config`): where its timesteps come
+from (``timestep_spacing`` and ``steps_offset``, applied by the scheduler class itself, its
+``_class_name``), where a decoding grid ends (``set_alpha_to_one`` in the DDIM family: ``True``
+ends at ᾱ = 1, σ = 0, ``False`` at ᾱ of timestep 0; ``final_sigmas_type`` in the DPM-Solver /
+Euler family: ``"zero"`` or ``"sigma_min"``; σ = 0 without either and for flow matching), and
+whether ``DPMSolverMultistepScheduler`` takes its last step at first order (``lower_order_final``
+below 15 steps, ``euler_at_final``).
 
-Only variance-preserving (DDPM-type) configs map onto the schedules of this package so far. A
-flow-matching config (``FlowMatch*`` schedulers: ``shift``, ``use_dynamic_shifting``) is
-recognised by :func:`is_flow_matching` and handled by :func:`_flow_spec`, the one place that will
-build its schedule once the package has a rectified-flow schedule.
+Unsupported values raise a one-line ``ValueError`` naming the allowed ones; numbers are checked
+for type and range before anything is built. Schedules are built in float64 from the config
+(diffusers computes them in float32, which makes a relative difference of about 1e-6 in ᾱ).
+Options that are not part of the ODE — ``clip_sample``, ``thresholding``, ``eta`` — have no
+counterpart and are not read. Nothing here imports diffusers.
 """
 
 from __future__ import annotations
@@ -35,19 +40,24 @@ import numpy as np
 import torch
 
 from ..field import Prediction
-from ..schedules import DiscreteSchedule, Schedule
+from ..ranges import check_bool, check_float, check_float_list, check_int
+from ..schedules import DiscreteSchedule, FlowSchedule, Schedule
 
 __all__ = [
     "SchedulerSpec",
     "read_scheduler_config",
+    "path_from_config",
     "schedule_from_config",
+    "flow_schedule",
     "is_flow_matching",
     "jsonable_config",
     "DIFFUSERS_PREDICTIONS",
     "BETA_SCHEDULES",
     "TIMESTEP_SPACINGS",
     "FINAL_SIGMAS_TYPES",
+    "FLOW_MATCHING_CLASSES",
     "DEFAULT_SOURCE",
+    "MAX_TRAIN_TIMESTEPS",
 ]
 
 #: diffusers' ``prediction_type`` names mapped to the package's names
@@ -55,21 +65,33 @@ DIFFUSERS_PREDICTIONS: dict[str, Prediction] = {"epsilon": "eps", "v_prediction"
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+#: the flow-matching scheduler classes whose configs describe a :class:`~ddim_ode.schedules.FlowSchedule`
+FLOW_MATCHING_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 #: the scheduler class whose timesteps a config without ``_class_name`` is given
 DEFAULT_SOURCE = "DDIMScheduler"
+#: the largest ``num_train_timesteps`` (and ``trained_betas`` length) a config may ask for
+MAX_TRAIN_TIMESTEPS = 100_000
+#: ``DPMSolverMultistepScheduler`` with ``lower_order_final`` takes a first-order last step below this many steps
+LOWER_ORDER_FINAL_STEPS = 15
+#: the open interval (0, 1) of every beta, as keywords of check_float
+_OPEN_UNIT: dict[str, Any] = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
 
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """The ODE a diffusers scheduler config describes.
+    """The ODE a diffusers scheduler config describes, and how that scheduler samples it.
 
     Attributes:
         class_name: the diffusers scheduler class the config belongs to (its ``_class_name``,
             default ``"DDIMScheduler"``); its ``set_timesteps`` gives the default timesteps.
-        schedule: the noise schedule, in float64.
-        prediction: what the network predicts, in the package's names (``eps``, ``v``, ``x0``).
+        schedule: the path, in float64: a :class:`~ddim_ode.schedules.DiscreteSchedule`, or a
+            :class:`~ddim_ode.schedules.FlowSchedule` (without μ when its shift is dynamic).
+        prediction: what the network predicts, in the package's names (``eps``, ``v``, ``x0``, ``flow``).
         final_sigma: the σ at which a decoding grid of the scheduler's timesteps ends (0: clean data).
         num_train_timesteps: the number of training timesteps T.
+        lower_order_final_below: a grid of fewer steps than this takes its last step at first order
+            (``DPMSolverMultistepScheduler``: 15 with ``lower_order_final``, ``inf`` with
+            ``euler_at_final``; 0 otherwise).
     """
 
     class_name: str
@@ -77,6 +99,12 @@ class SchedulerSpec:
     prediction: Prediction
     final_sigma: float
     num_train_timesteps: int
+    lower_order_final_below: float = 0.0
+
+    @property
+    def flow_matching(self) -> bool:
+        """Whether the path is rectified flow (a ``FlowMatch*`` config)."""
+        return self.schedule.rectified_flow
 
 
 def jsonable_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,13 +139,18 @@ def _check_choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...],
     return str(value)
 
 
-def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
-    """The float64 noise schedule of a DDPM-type diffusers scheduler config (diffusers' defaults
-    for missing keys: linear β from 1e-4 to 0.02 over T = 1000).
+def _get(config: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``config[key]``, or ``default`` when it is missing or null (diffusers' defaults)."""
+    value = config.get(key)
+    return default if value is None else value
 
-    ``scaled_linear`` is β = linspace(√β₀, √β₁, T)², ``squaredcos_cap_v2`` the cosine schedule of
-    Nichol & Dhariwal 2021 (s = 0.008, β ≤ 0.999), as in diffusers.
-    """
+
+def _num_train_timesteps(config: Mapping[str, Any]) -> int:
+    return check_int("num_train_timesteps", _get(config, "num_train_timesteps", 1000), 2, MAX_TRAIN_TIMESTEPS)
+
+
+def _vp_schedule(config: Mapping[str, Any]) -> DiscreteSchedule:
+    """The float64 DDPM schedule of a config (diffusers' defaults: linear β from 1e-4 to 0.02, T = 1000)."""
     if config.get("rescale_betas_zero_snr"):
         raise ValueError(
             "unsupported rescale_betas_zero_snr=True in the scheduler config (alpha_bar = 0, sigma infinite, at the "
@@ -125,16 +158,87 @@ def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
         )
     trained = config.get("trained_betas")
     if trained is not None:
-        return DiscreteSchedule(betas=torch.as_tensor(np.asarray(trained, dtype=np.float64)))
+        if isinstance(trained, (torch.Tensor, np.ndarray)):
+            trained = trained.tolist()
+        betas = check_float_list("trained_betas", trained, min_len=2, max_len=MAX_TRAIN_TIMESTEPS, **_OPEN_UNIT)
+        return DiscreteSchedule(betas=torch.tensor(betas, dtype=torch.float64))
     kind = _check_choice(config, "beta_schedule", BETA_SCHEDULES, "linear")
-    n = int(config.get("num_train_timesteps") or 1000)
-    b0 = float(config.get("beta_start", 1e-4))
-    b1 = float(config.get("beta_end", 0.02))
+    n = _num_train_timesteps(config)
+    b0 = check_float("beta_start", _get(config, "beta_start", 1e-4), **_OPEN_UNIT)
+    b1 = check_float("beta_end", _get(config, "beta_end", 0.02), **_OPEN_UNIT)
     if kind == "linear":
         return DiscreteSchedule.linear(b0, b1, n)
     if kind == "scaled_linear":
         return DiscreteSchedule(betas=torch.linspace(math.sqrt(b0), math.sqrt(b1), n, dtype=torch.float64) ** 2)
-    return DiscreteSchedule.cosine(n)
+    return DiscreteSchedule.cosine(n)  # diffusers' betas_for_alpha_bar: s = 0.008, β ≤ 0.999
+
+
+def flow_schedule(config: Mapping[str, Any], mu: float | None = None) -> FlowSchedule:
+    """The :class:`~ddim_ode.schedules.FlowSchedule` of a ``FlowMatch*`` config (diffusers' defaults
+    for missing keys: shift 1, T = 1000), with ``mu`` when its shift is dynamic.
+
+    The network's timesteps are τ · ``num_train_timesteps``, as these schedulers' ``timesteps``.
+    """
+    name = config.get("_class_name") or "this scheduler"
+    if config.get("use_flow_sigmas") or config.get("prediction_type") == "flow_prediction":
+        raise ValueError(
+            f"{name}: flow sigmas in a multistep scheduler (use_flow_sigmas / flow_prediction) are not supported; "
+            f"allowed flow-matching configs: {', '.join(FLOW_MATCHING_CLASSES)}"
+        )
+    if name not in FLOW_MATCHING_CLASSES:
+        raise ValueError(f"unsupported flow-matching scheduler {name!r}; allowed: {', '.join(FLOW_MATCHING_CLASSES)}")
+    if config.get("invert_sigmas"):
+        raise ValueError(
+            "unsupported invert_sigmas=True in the scheduler config (timesteps run against the noise level); "
+            "allowed: False"
+        )
+    dynamic = check_bool("use_dynamic_shifting", _get(config, "use_dynamic_shifting", False))
+    shift_type = _check_choice(config, "time_shift_type", ("exponential", "linear"), "exponential")
+    return FlowSchedule(
+        check_float("shift", _get(config, "shift", 1.0), 0.0, low_open=True),
+        _num_train_timesteps(config),
+        use_dynamic_shifting=dynamic,
+        base_shift=check_float("base_shift", _get(config, "base_shift", 0.5)),
+        max_shift=check_float("max_shift", _get(config, "max_shift", 1.15)),
+        base_image_seq_len=check_int("base_image_seq_len", _get(config, "base_image_seq_len", 256), 1),
+        max_image_seq_len=check_int("max_image_seq_len", _get(config, "max_image_seq_len", 4096), 2),
+        time_shift_type=shift_type,  # type: ignore[arg-type]
+        mu=mu if dynamic else None,
+    )
+
+
+def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
+    """The float64 path of a scheduler config: a DDPM schedule, or a flow schedule for ``FlowMatch*``
+    configs (without μ when its shift is dynamic; see :func:`flow_schedule`).
+
+    DDPM: ``scaled_linear`` is β = linspace(√β₀, √β₁, T)², ``squaredcos_cap_v2`` the cosine schedule
+    of Nichol & Dhariwal 2021 (s = 0.008, β ≤ 0.999), as in diffusers; ``trained_betas`` are used as
+    given. Every number is checked (β in (0, 1), 2 ≤ T ≤ :data:`MAX_TRAIN_TIMESTEPS`).
+    """
+    if is_flow_matching(config):
+        return flow_schedule(config)
+    if "sigma_data" in config or ("sigma_max" in config and "beta_schedule" not in config):
+        name = config.get("_class_name") or "this scheduler"
+        raise ValueError(
+            f"{name}: a variance-exploding (EDM / score-SDE) config has no DDPM noise schedule; "
+            "allowed: DDPM-type configs (beta_schedule or trained_betas) or flow matching "
+            f"({', '.join(FLOW_MATCHING_CLASSES)})"
+        )
+    return _vp_schedule(config)
+
+
+def path_from_config(config: Mapping[str, Any], image_seq_len: int | None = None) -> tuple[Schedule, Prediction]:
+    """The model's path (:func:`schedule_from_config`) and what its network predicts: ``"flow"`` for
+    flow matching, else ``prediction_type`` (``epsilon``, ``v_prediction``, ``sample``) in the
+    package's names. A dynamically shifted flow schedule gets the μ of ``image_seq_len`` latent
+    tokens when it is given (:meth:`~ddim_ode.schedules.FlowSchedule.for_image_seq_len`)."""
+    schedule = schedule_from_config(config)
+    if isinstance(schedule, FlowSchedule):
+        if schedule.use_dynamic_shifting and image_seq_len is not None:
+            schedule = schedule.for_image_seq_len(image_seq_len)
+        return schedule, "flow"
+    name = _check_choice(config, "prediction_type", tuple(DIFFUSERS_PREDICTIONS), "epsilon")
+    return schedule, DIFFUSERS_PREDICTIONS[name]
 
 
 def _final_sigma(config: Mapping[str, Any], schedule: Schedule) -> float:
@@ -150,13 +254,30 @@ def _final_sigma(config: Mapping[str, Any], schedule: Schedule) -> float:
     return 0.0 if kind == "zero" else schedule.sigma_min
 
 
+def _lower_order_final_below(config: Mapping[str, Any], class_name: str) -> float:
+    """Below how many steps ``DPMSolverMultistepScheduler`` takes its last step at first order."""
+    if class_name != "DPMSolverMultistepScheduler":
+        return 0.0
+    if check_bool("euler_at_final", _get(config, "euler_at_final", False)):
+        return math.inf
+    lower = check_bool("lower_order_final", _get(config, "lower_order_final", True))
+    return float(LOWER_ORDER_FINAL_STEPS) if lower else 0.0
+
+
 def _flow_spec(config: Mapping[str, Any]) -> SchedulerSpec:
-    """The spec of a flow-matching config: its schedule (``shift``, ``use_dynamic_shifting``, …),
-    ``prediction="flow"`` and a grid ending at 0, once the package has a rectified-flow schedule."""
-    name = config.get("_class_name") or "flow-matching scheduler"
-    raise ValueError(
-        f"{name}: flow-matching configs need a rectified-flow schedule, which ddim_ode does not provide yet; "
-        "allowed: DDPM-type configs (beta_schedule or trained_betas)"
+    """The spec of a flow-matching config: its flow schedule, prediction ``"flow"``, a grid ending at 0."""
+    schedule = flow_schedule(config)
+    if config.get("stochastic_sampling"):
+        raise ValueError(
+            "unsupported stochastic_sampling=True in the scheduler config (it re-noises every step: not the ODE); "
+            "allowed: False"
+        )
+    return SchedulerSpec(
+        class_name=str(config["_class_name"]),
+        schedule=schedule,
+        prediction="flow",
+        final_sigma=0.0,
+        num_train_timesteps=schedule.num_train_timesteps,
     )
 
 
@@ -165,14 +286,7 @@ def read_scheduler_config(config: Mapping[str, Any]) -> SchedulerSpec:
     unsupported and the allowed values."""
     if is_flow_matching(config):
         return _flow_spec(config)
-    if "sigma_data" in config or ("sigma_max" in config and "beta_schedule" not in config):
-        name = config.get("_class_name") or "this scheduler"
-        raise ValueError(
-            f"{name}: a variance-exploding (EDM / score-SDE) config has no DDPM noise schedule; "
-            "allowed: DDPM-type configs (beta_schedule or trained_betas)"
-        )
-    schedule = schedule_from_config(config)
-    pred_name = _check_choice(config, "prediction_type", tuple(DIFFUSERS_PREDICTIONS), "epsilon")
+    schedule, prediction = path_from_config(config)
     _check_choice(config, "timestep_spacing", TIMESTEP_SPACINGS, "leading")
     if config.get("timestep_type", "discrete") != "discrete":
         raise ValueError(
@@ -182,10 +296,12 @@ def read_scheduler_config(config: Mapping[str, Any]) -> SchedulerSpec:
     offset = config.get("steps_offset", 0)
     if isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0:
         raise ValueError(f"unsupported steps_offset {offset!r} in the scheduler config; allowed: an int >= 0")
+    class_name = str(config.get("_class_name") or DEFAULT_SOURCE)
     return SchedulerSpec(
-        class_name=str(config.get("_class_name") or DEFAULT_SOURCE),
+        class_name=class_name,
         schedule=schedule,
-        prediction=DIFFUSERS_PREDICTIONS[pred_name],
+        prediction=prediction,
         final_sigma=_final_sigma(config, schedule),
-        num_train_timesteps=int(config.get("num_train_timesteps") or 1000),
+        num_train_timesteps=_num_train_timesteps(config),
+        lower_order_final_below=_lower_order_final_below(config, class_name),
     )

@@ -24,10 +24,17 @@ shows s entries, with repeated timesteps as in diffusers' ``HeunDiscreteSchedule
 The network is evaluated at exactly the x_t = a(σ)·x̄ and timestep t(σ) that
 :func:`ddim_ode.decode` on the same grid would use, so the loop reproduces ``decode`` up to the
 rounding of the first point (the pipeline's initial latents are x_T itself).
+
+Flow-matching configs (SD3 / Flux-type ``FlowMatch*`` schedulers) start at τ = 1, pure noise, where
+σ = ∞ and x̄ is infinite: the first grid step is the exact limit of the DDIM step,
+x̄₁ = x̂0 + σ₁ ε̂ with (ε̂, x̂0) from :meth:`~ddim_ode.field.ProbabilityFlowODE.evaluate_x` on the
+noise itself (one evaluation, as :func:`ddim_ode.decode` takes it), and the solver starts afresh at
+σ₁. A reversible solver needs finite noise levels: its grid drops the top and starts at σ₁.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import diffusers
@@ -42,10 +49,24 @@ from ..checks import check_grid, check_n
 from ..core import from_xbar, tabulate, to_xbar
 from ..field import ProbabilityFlowODE
 from ..grids import GRIDS, make_grid
+from ..schedules import FlowSchedule, Schedule
 from ..solvers import Solver, get_solver, latent_state, list_solvers
-from .config import DEFAULT_SOURCE, SchedulerSpec, jsonable_config, read_scheduler_config
+from ..solvers.exponential import DPMSolverPlusPlus2M
+from .config import DEFAULT_SOURCE, SchedulerSpec, flow_schedule, jsonable_config, read_scheduler_config
 
-__all__ = ["ODEScheduler", "loop_solvers"]
+__all__ = ["ODEScheduler", "loop_solvers", "FLOW_SHIFT_KEYS"]
+
+#: the settings of a flow-matching scheduler that diffusers' flow pipelines read from ``scheduler.config``
+#: (to compute the dynamic shift μ they pass to ``set_timesteps``): an ODEScheduler's config mirrors them
+FLOW_SHIFT_KEYS = (
+    "shift",
+    "use_dynamic_shifting",
+    "base_shift",
+    "max_shift",
+    "base_image_seq_len",
+    "max_image_seq_len",
+    "time_shift_type",
+)
 
 
 def loop_solvers() -> list[str]:
@@ -110,14 +131,27 @@ class _Output:
 
 
 class _Run:
-    """Where a loop stands: grid step ``i`` starts from ``xbar`` with the solver's ``state``."""
+    """Where a loop stands: grid step ``i`` starts from ``xbar`` with the solver's ``state``.
 
-    def __init__(self, field: ProbabilityFlowODE, i: int, xbar: Tensor, state: Any, dtype: torch.dtype) -> None:
+    At σ = ∞ (the top of a flow-matching grid) x̄ is infinite: ``xbar`` is ``None`` and ``noise``
+    holds the model-scale sample, pure noise, until the first step has been taken.
+    """
+
+    def __init__(
+        self,
+        field: ProbabilityFlowODE,
+        i: int,
+        xbar: Tensor | None,
+        state: Any,
+        dtype: torch.dtype,
+        noise: Tensor | None = None,
+    ) -> None:
         self.field = field
         self.i = i
         self.xbar = xbar
         self.state = state
         self.dtype = dtype  # the pipeline's dtype, in which samples are returned
+        self.noise = noise
         self.returned: Tensor | None = None  # the last prev_sample handed to the pipeline
 
 
@@ -125,7 +159,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that integrates the probability-flow ODE with a ddim_ode solver.
 
     Swap it into a pipeline with :meth:`from_scheduler`, which reads the replaced scheduler's
-    config (noise schedule, prediction type, timesteps, final σ)::
+    config (noise schedule or flow-matching path, prediction type, timesteps, final σ)::
 
         pipe.scheduler = ODEScheduler.from_scheduler(pipe.scheduler, solver="dpm-solver++2m")
 
@@ -142,14 +176,23 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             auxiliary state (latents made by :func:`ddim_ode.diffusers.invert`), and plain latents
             raise; ``True`` starts the scheme afresh from plain latents (sampling from noise).
         source_scheduler: the config of the replaced diffusers scheduler, with its ``_class_name``
-            (default: a default ``DDIMScheduler``). It defines the noise schedule, what the network
-            predicts, the default timesteps and where they end (see :mod:`ddim_ode.diffusers.config`).
+            (default: a default ``DDIMScheduler``). It defines the path (a DDPM noise schedule, or
+            rectified flow for ``FlowMatch*`` configs), what the network predicts, the default
+            timesteps and where they end (see :mod:`ddim_ode.diffusers.config`). A flow-matching
+            source's shift settings (:data:`FLOW_SHIFT_KEYS`) are mirrored at the top level of
+            ``config``, where flow pipelines look for them.
 
-    After :meth:`set_timesteps`, ``timesteps`` holds one entry per network evaluation (float32) and
-    ``sigmas`` the float64 σ grid (decoding order, final σ included); ``num_inference_steps`` is
-    the number of grid steps. Multistep histories and reversible states are kept between
-    :meth:`step` calls and reset by :meth:`set_timesteps`. ``order`` is the solver's NFE per step
-    (Runge–Kutta and single-step DPM-Solver) or 1, as pipelines use it to count steps.
+    After :meth:`set_timesteps`, ``timesteps`` holds one entry per network evaluation (float32, in
+    the schedule's units: DDPM timesteps, or τ · ``num_train_timesteps`` for flow matching) and
+    ``sigmas`` the float64 σ grid in DDIM coordinates (σ = √((1 − ᾱ)/ᾱ), or τ/(1 − τ) for flow
+    matching; decoding order, final σ included); ``num_inference_steps`` is the number of grid
+    steps; ``schedule`` the path (a flow schedule with the μ of the last call). Multistep histories
+    and reversible states are kept between :meth:`step` calls and reset by :meth:`set_timesteps`.
+    ``order`` is the solver's NFE per step (Runge–Kutta and single-step DPM-Solver) or 1, as
+    pipelines use it to count steps. ``solver`` is the solver of the current grid: for
+    ``dpm-solver++2m`` replacing a ``DPMSolverMultistepScheduler`` whose config takes a first-order
+    last step (``lower_order_final`` below 15 steps, or ``euler_at_final``), :meth:`set_timesteps`
+    sets its ``lower_order_final`` option accordingly unless ``solver_options`` name it.
     """
 
     _compatibles: list[str] = []
@@ -177,8 +220,11 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         source = {"_class_name": DEFAULT_SOURCE} if source_scheduler is None else dict(source_scheduler)
         self.spec: SchedulerSpec = read_scheduler_config(source)
         self._source = _source_class(self.spec.class_name).from_config(source)
+        self._source_config = source
+        if self.spec.flow_matching:  # flow pipelines compute μ from scheduler.config's shift settings
+            self.register_to_config(**{k: source[k] for k in FLOW_SHIFT_KEYS if k in source})
         self.solver: Solver = slv
-        self.schedule = self.spec.schedule
+        self.schedule: Schedule = self.spec.schedule
         self.prediction = self.spec.prediction
         self.init_noise_sigma = 1.0
         self.order = int(slv.nfe_per_step) if float(slv.nfe_per_step).is_integer() else 1
@@ -235,28 +281,40 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             source = jsonable_config(cfg)
             source.setdefault("_class_name", DEFAULT_SOURCE)
             cfg = {"source_scheduler": source}
+        cfg = {k: v for k, v in cfg.items() if k not in FLOW_SHIFT_KEYS}  # mirrors of source_scheduler's
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
         device: str | torch.device | None = None,
-        timesteps: list[float] | Tensor | None = None,
-        sigmas: list[float] | Tensor | None = None,
+        sigmas: list[float] | np.ndarray | Tensor | None = None,
+        mu: float | None = None,
+        timesteps: list[float] | np.ndarray | Tensor | None = None,
     ) -> None:
         """Set the σ grid and the evaluation timesteps, and reset the solver's history.
 
         Give exactly one of ``num_inference_steps`` (the replaced scheduler's timesteps, or the
         configured ``grid``), ``timesteps`` (decreasing, in the schedule's units; the final σ is
-        appended) or ``sigmas`` (the whole decoding grid in σ = √((1 − ᾱ)/ᾱ), decreasing, ending
-        with its final value, e.g. 0). A final σ equal to the last timestep's σ (``leading``
-        spacing with ``steps_offset=0`` and ``set_alpha_to_one=False``) is a step of length 0 and
-        is dropped.
+        appended) or ``sigmas``. For a DDPM-type config ``sigmas`` is the whole decoding grid in
+        σ = √((1 − ᾱ)/ᾱ), decreasing, ending with its final value (e.g. 0); for a flow-matching
+        config it is what diffusers' flow pipelines pass: one τ per step, pure noise at 1, before
+        the time shift, which the replaced scheduler applies (then 0 is appended). A final σ equal
+        to the last timestep's σ (``leading`` spacing with ``steps_offset=0`` and
+        ``set_alpha_to_one=False``) is a step of length 0 and is dropped.
+
+        ``mu`` is the resolution-dependent shift of a flow-matching config with
+        ``use_dynamic_shifting`` (required there unless ``timesteps`` are given, and ignored for a
+        static shift, as diffusers does); a DDPM-type config takes none.
         """
         given = [v is not None for v in (num_inference_steps, timesteps, sigmas)]
         if sum(given) != 1:
             raise ValueError("set_timesteps needs exactly one of num_inference_steps, timesteps and sigmas")
-        if sigmas is not None:
+        self.schedule = self._schedule_for(mu, needed=timesteps is None)
+        if sigmas is not None and self.spec.flow_matching:
+            grid = self._source_grid(sigmas=np.asarray(_host(sigmas), dtype=np.float64), mu=mu)
+            what = "sigmas"
+        elif sigmas is not None:
             grid = torch.as_tensor(np.asarray(_host(sigmas), dtype=np.float64))
             what = "sigmas"
         elif timesteps is not None:
@@ -266,13 +324,16 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
             grid = make_grid(self.schedule, self.config.grid, check_n(num_inference_steps))
             what = f"the {self.config.grid!r} grid"
         else:
-            self._source.set_timesteps(check_n(num_inference_steps))
-            ts = self._source.timesteps.detach().cpu().to(torch.float64).numpy()
-            grid = self._grid_of_timesteps(np.unique(ts)[::-1].copy())
+            grid = self._source_grid(num_inference_steps=check_n(num_inference_steps), mu=mu)
             what = f"the timesteps of {self.spec.class_name}"
         grid = check_grid(grid, self.schedule, what)
         if not float(grid[0]) > float(grid[-1]):
             raise ValueError(f"{what} must be in decoding order (strictly decreasing sigma)")
+        if self.solver.reversible and math.isinf(float(grid[0])):
+            if len(grid) < 3:
+                raise ValueError(f"solver {self.solver.name!r} needs a finite top: {what} has no step below pure noise")
+            grid = grid[1:]  # reversible solvers invert exactly only between finite noise levels
+        self.solver = self._solver_for(len(grid) - 1)
         self.sigmas = grid
         self._plan = self._evaluations(grid)
         self._flat = [t for step in self._plan for t in step]
@@ -339,13 +400,20 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """x_t = a(σ)(x0 + σ ε) with σ = σ(t) (VP: √ᾱ_t x0 + √(1 − ᾱ_t) ε), per sample."""
+        """x_t = a x0 + s ε at the noise level of ``timesteps``, per sample: √ᾱ_t x0 + √(1 − ᾱ_t) ε on
+        a DDPM path, (1 − τ) x0 + τ ε for flow matching (pure noise at τ = 1)."""
         t = torch.as_tensor(timesteps).detach().cpu().to(torch.float64).reshape(-1)
         sigma = self.schedule.sigma(t)
-        a = self.schedule.scale(sigma)
         shape = (-1,) + (1,) * (original_samples.ndim - 1)
         like = dict(dtype=original_samples.dtype, device=original_samples.device)
-        return a.to(**like).reshape(shape) * (original_samples + sigma.to(**like).reshape(shape) * noise)
+        a = self.schedule.scale(sigma).to(**like).reshape(shape)
+        s = self.schedule.noise_scale(sigma).to(**like).reshape(shape)
+        return a * original_samples + s * noise
+
+    def scale_noise(self, sample: Tensor, timestep: Tensor, noise: Tensor) -> Tensor:
+        """:meth:`add_noise` under the name and argument order of diffusers' flow-matching schedulers
+        (their image-to-image pipelines call ``scheduler.scale_noise(latents, timestep, noise)``)."""
+        return self.add_noise(sample, noise, timestep)
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start the loop at ``timesteps[begin_index]`` (image-to-image pipelines skip the first grid
@@ -367,6 +435,59 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self) -> int:
         return self.spec.num_train_timesteps
 
+    def _schedule_for(self, mu: float | None, needed: bool) -> Schedule:
+        """The path for a grid: the config's, with ``mu`` for a dynamically shifted flow (required
+        when ``needed``: the grid is shifted)."""
+        schedule = self.spec.schedule
+        if not isinstance(schedule, FlowSchedule):
+            if mu is not None:
+                raise ValueError(
+                    f"mu applies to flow-matching configs with use_dynamic_shifting; {self.spec.class_name}'s "
+                    "config is DDPM-type: allowed: mu=None"
+                )
+            return schedule
+        if not schedule.use_dynamic_shifting:
+            return schedule  # a static shift: mu is ignored, as diffusers' flow schedulers do
+        if mu is None:
+            if needed:
+                raise ValueError(
+                    "this flow-matching config shifts its grid with the image size (use_dynamic_shifting): "
+                    "set_timesteps needs mu=... (diffusers' flow pipelines pass it)"
+                )
+            return schedule
+        return flow_schedule(self._source_config, float(mu))
+
+    def _source_grid(
+        self, num_inference_steps: int | None = None, sigmas: np.ndarray | None = None, mu: float | None = None
+    ) -> Tensor:
+        """The σ grid of the replaced scheduler's ``set_timesteps``: its timesteps (DDPM) or its
+        τ values (flow matching, σ = τ/(1 − τ), ∞ at τ = 1), then the final σ."""
+        kwargs: dict[str, Any] = {}
+        if mu is not None and isinstance(self.schedule, FlowSchedule) and self.schedule.use_dynamic_shifting:
+            kwargs["mu"] = mu
+        if sigmas is not None:
+            self._source.set_timesteps(sigmas=sigmas, **kwargs)
+        else:
+            self._source.set_timesteps(num_inference_steps, **kwargs)
+        if not self.spec.flow_matching:
+            ts = self._source.timesteps.detach().cpu().to(torch.float64).numpy()
+            return self._grid_of_timesteps(np.unique(ts)[::-1].copy())
+        tau = np.unique(self._source.sigmas.detach().cpu().to(torch.float64).numpy())[::-1].copy()  # Heun repeats
+        sig = np.full_like(tau, np.inf)
+        np.divide(tau, 1.0 - tau, out=sig, where=tau < 1.0)
+        return torch.from_numpy(sig)
+
+    def _solver_for(self, steps: int) -> Solver:
+        """The solver for a grid of ``steps`` steps: ``dpm-solver++2m`` with the replaced scheduler's
+        first-order last step (unless ``solver_options`` set ``lower_order_final``), else as configured."""
+        options = dict(self.config.solver_options or {})
+        if not isinstance(self.solver, DPMSolverPlusPlus2M) or "lower_order_final" in options:
+            return self.solver
+        lower = steps < self.spec.lower_order_final_below
+        if lower == self.solver.lower_order_final:
+            return self.solver
+        return get_solver(self.solver.name, **options, lower_order_final=lower)
+
     def _grid_of_timesteps(self, ts: np.ndarray) -> Tensor:
         """σ at the timesteps ``ts`` (decreasing), then the final σ unless it would repeat the last."""
         if ts.ndim != 1 or ts.size == 0 or not np.isfinite(ts).all():
@@ -380,14 +501,19 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         return sig
 
     def _evaluations(self, grid: Tensor) -> list[list[float]]:
-        """Per grid step, the timesteps at which the solver evaluates the network, starting afresh on ``grid``."""
+        """Per grid step, the timesteps at which the solver evaluates the network, starting afresh on
+        ``grid`` (from σ = ∞: one evaluation on the noise, then the solver afresh from the next point)."""
         recorder = _Recorder()
         field = ProbabilityFlowODE(recorder, self.schedule, self.prediction)
-        tabulate(field, self.solver, grid)
         xbar = torch.zeros(1, 1, dtype=torch.float64)
+        plan = []
+        if math.isinf(float(grid[0])):
+            field.evaluate_x(xbar, math.inf)
+            plan.append(recorder.ts[:])
+            grid = grid[1:]
+        tabulate(field, self.solver, grid)
         state = self.solver.init(field, xbar, grid)
         sig = grid.tolist()
-        plan = []
         for sigma, sigma_next in zip(sig[:-1], sig[1:]):
             start = len(recorder.ts)
             xbar, state = self.solver.step(field, xbar, sigma, sigma_next, state)
@@ -431,22 +557,25 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         dtype = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
         field = ProbabilityFlowODE(self._network, self.schedule, self.prediction, model_dtype=sample.dtype)
         grid = self.sigmas[i:]
-        tabulate(field, self.solver, grid)
-        xbar = to_xbar(sample.as_subclass(Tensor).to(dtype), float(grid[0]), self.schedule)
-        if state is None:
-            state = self.solver.init(field, xbar, grid)
+        x = sample.as_subclass(Tensor).to(dtype)
         self._network.outputs.clear()
         self._network.used = 0
         self._network.initial_t = float(torch.tensor(self._plan[i][0], dtype=_t_dtype(dtype)))
+        if math.isinf(float(grid[0])):  # pure noise: x̄ is infinite until the first step (never with a state)
+            tabulate(field, self.solver, grid[1:])
+            return _Run(field, i, None, None, sample.dtype, noise=x)
+        tabulate(field, self.solver, grid)
+        xbar = to_xbar(x, float(grid[0]), self.schedule)
+        if state is None:
+            state = self.solver.init(field, xbar, grid)
         return _Run(field, i, xbar, state, sample.dtype)
 
     def _denoised(self, model_output: Tensor, sample: Tensor, k: int) -> Tensor:
-        """The x0 estimate D = x̄ − σ ε of the evaluation at ``sample`` and ``timesteps[k]``."""
-        t = self._flat[k]
-        sigma = float(self.schedule.sigma(t))
-        dtype = self._run.xbar.dtype  # type: ignore[union-attr]
+        """The x0 estimate of the evaluation at ``sample`` and ``timesteps[k]`` (also at σ = ∞)."""
+        sigma = float(self.schedule.sigma(self._flat[k]))
+        dtype = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
         field = ProbabilityFlowODE(_Output(model_output), self.schedule, self.prediction)
-        x0 = field.denoise(to_xbar(sample.as_subclass(Tensor).to(dtype), sigma, self.schedule), sigma)
+        _, x0 = field.evaluate_x(sample.as_subclass(Tensor).to(dtype), sigma)
         return x0.to(sample.dtype)
 
     def _advance(self, run: _Run) -> Tensor:
@@ -457,14 +586,25 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         while run.i < len(sig) - 1:
             net.used = 0
             try:
-                xbar, state = self.solver.step(run.field, run.xbar, sig[run.i], sig[run.i + 1], run.state)
+                if run.xbar is None:
+                    xbar, state = self._step_from_noise(run)
+                else:
+                    xbar, state = self.solver.step(run.field, run.xbar, sig[run.i], sig[run.i + 1], run.state)
             except _Evaluate as request:
                 return request.x_t.to(run.dtype)
             run.xbar, run.state = xbar, state
             run.i += 1
             net.outputs.clear()
             net.initial_t = None
-        return from_xbar(run.xbar, sig[-1], self.schedule).to(run.dtype)
+        return from_xbar(run.xbar, sig[-1], self.schedule).to(run.dtype)  # type: ignore[arg-type]
+
+    def _step_from_noise(self, run: _Run) -> tuple[Tensor, Any]:
+        """The first step of a grid from σ = ∞: the DDIM limit x̄₁ = x̂0 + σ₁ ε̂ on the noise (as
+        :func:`ddim_ode.decode` takes it), and the solver's state afresh on the rest of the grid."""
+        rest = self.sigmas[run.i + 1 :]
+        eps, x0 = run.field.evaluate_x(run.noise, math.inf)  # type: ignore[arg-type]
+        xbar = torch.add(x0, eps, alpha=float(rest[0]))
+        return xbar, self.solver.init(run.field, xbar, rest)
 
 
 def _host(values: Any) -> Any:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
+from ..ranges import check_bool
 from .base import Evaluation, Solver, evaluate, lincomb, register, touches_zero
 from .options import check_choice
 
@@ -43,6 +44,7 @@ __all__ = [
     "DPMSolverPlusPlus",
     "DPMSolverPlusPlus2M",
     "DPMSolverPlusPlus3M",
+    "FinalStepState",
     "UniPC",
     "UniPCState",
     "dpm_solver_step",
@@ -195,6 +197,15 @@ class DPMSolver3(DPMSolver):
 # DPM-Solver++: multistep, data prediction
 
 
+@dataclass(frozen=True)
+class FinalStepState:
+    """DPM-Solver++'s state with ``lower_order_final``: past evaluations (most recent last) and the σ
+    at which the grid ends (its last step is first order)."""
+
+    history: tuple[Evaluation, ...]
+    sigma_end: float
+
+
 def _usable(history: tuple[Evaluation, ...], count: int, sigma: float, sigma_next: float) -> list[Evaluation]:
     """The last ``count`` history entries behind σ (w.r.t. the direction to σ') with σ > 0, most recent first.
 
@@ -227,7 +238,11 @@ class DPMSolverPlusPlus(Solver):
     DPM-Solver-k (k NFE each), restoring global order k at k(k − 1) − (k − 1) extra NFE.
 
     Final step: a step touching σ = 0 is first order (x̄' = D(x̄, σ) when decoding, DDIM).
-    NFE = n for n steps with the default warm-up.
+    ``lower_order_final=True`` takes the last step of the grid at first order wherever it ends
+    (the DDIM step x̄' = (σ'/σ) x̄ − φ₁ D₀, as diffusers' ``DPMSolverMultistepScheduler`` does with
+    ``final_sigmas_type="sigma_min"`` below 15 steps or with ``euler_at_final``); it needs the
+    state of :meth:`init`, which records where the grid ends. NFE = n for n steps with the
+    default warm-up.
     """
 
     paper = _LU_2022B
@@ -237,13 +252,16 @@ class DPMSolverPlusPlus(Solver):
         order: int = 2,
         warmup: Warmup = "lower-order",
         third_order_term: Literal["taylor", "published"] = "taylor",
+        lower_order_final: bool = False,
     ) -> None:
         check_choice("DPM-Solver++ multistep order", order, (1, 2, 3))
         check_choice("warmup", warmup, ("lower-order", "singlestep"))
         check_choice("third_order_term", third_order_term, ("taylor", "published"))
+        check_bool("lower_order_final", lower_order_final)
         self.steps_order = order
         self.warmup: Warmup = warmup
         self.third_order_term = third_order_term
+        self.lower_order_final = bool(lower_order_final)
         full = warmup == "singlestep" and (order < 3 or third_order_term == "taylor")
         self.order = order if full else min(order, 2)
         self.nfe_per_step = 1.0
@@ -252,14 +270,18 @@ class DPMSolverPlusPlus(Solver):
         self, field: ProbabilityFlowODE, xbar: Tensor, sigma: float, sigma_next: float, state: Any
     ) -> tuple[Tensor, Any]:
         k = self.steps_order
-        history: tuple[Evaluation, ...] = state or ()
+        final = isinstance(state, FinalStepState)
+        history: tuple[Evaluation, ...] = (state.history if final else state) or ()
         e0 = evaluate(field, xbar, sigma)
-        new_state = (history + (e0,))[-k:]
+        new_state: Any = (history + (e0,))[-k:]
+        if final:
+            new_state = FinalStepState(new_state, state.sigma_end)
         if touches_zero(sigma, sigma_next):
             return torch.add(xbar, e0.eps, alpha=sigma_next - sigma), new_state
-        prev = _usable(history, k - 1, sigma, sigma_next)
+        last = final and sigma_next == state.sigma_end  # lower_order_final: a first-order last step
+        prev = [] if last else _usable(history, k - 1, sigma, sigma_next)
         p = 1 + len(prev)
-        if p < k and self.warmup == "singlestep":
+        if p < k and self.warmup == "singlestep" and not last:
             return dpm_solver_step(field, xbar, sigma, sigma_next, k, eps=e0.eps), new_state
         h = math.log(sigma / sigma_next)
         phi1 = math.expm1(-h)
@@ -288,8 +310,12 @@ class DPMSolverPlusPlus(Solver):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(order={self.steps_order}, warmup={self.warmup!r}, "
-            f"third_order_term={self.third_order_term!r})"
+            f"third_order_term={self.third_order_term!r}, lower_order_final={self.lower_order_final})"
         )
+
+    def init(self, field: ProbabilityFlowODE, xbar: Tensor, sigmas: Tensor) -> Any:
+        """No history; with ``lower_order_final``, a :class:`FinalStepState` recording where the grid ends."""
+        return FinalStepState((), float(sigmas[-1])) if self.lower_order_final else None
 
 
 @register("dpm-solver++2m")
@@ -297,13 +323,15 @@ class DPMSolverPlusPlus2M(DPMSolverPlusPlus):
     """DPM-Solver++(2M): multistep, data prediction, second-order steps in λ. Order 2, 1 NFE/step.
 
     First step first order (or DPM-Solver-2 with ``warmup="singlestep"``); a step touching σ = 0
-    is x̄' = D (DDIM). n NFE for n steps.
+    is x̄' = D (DDIM), and with ``lower_order_final=True`` the last step of the grid is a DDIM step
+    wherever it ends (diffusers' ``lower_order_final`` / ``euler_at_final`` for a grid ending at
+    σ_min > 0). n NFE for n steps.
     """
 
     name = "dpm-solver++2m"
 
-    def __init__(self, warmup: Warmup = "lower-order") -> None:
-        super().__init__(order=2, warmup=warmup)
+    def __init__(self, warmup: Warmup = "lower-order", lower_order_final: bool = False) -> None:
+        super().__init__(order=2, warmup=warmup, lower_order_final=lower_order_final)
 
 
 @register("dpm-solver++3m")
