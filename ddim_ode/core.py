@@ -29,7 +29,7 @@ from .schedules import Schedule
 from .solvers import Solver, get_solver
 from .solvers.reversible import ReversibleLatent
 
-__all__ = ["Solution", "Adjoint", "DirectAdjoint", "solve", "tabulate", "to_xbar", "from_xbar"]
+__all__ = ["Solution", "Adjoint", "DirectAdjoint", "solve", "step_from_noise", "tabulate", "to_xbar", "from_xbar"]
 
 Callback = Callable[[int, float, Tensor], None]
 
@@ -77,6 +77,16 @@ def tabulate(field: ProbabilityFlowODE, slv: Solver, sigmas: Tensor) -> None:
     """t(σ) at the grid points and the solver's stage points in one vectorised call, not one per evaluation."""
     extra = slv.stage_sigmas(sigmas.tolist())
     field.prepare(torch.cat([sigmas, torch.tensor(extra, dtype=torch.float64)]) if extra else sigmas)
+
+
+def step_from_noise(field: ProbabilityFlowODE, x: Tensor, sigma_next: float) -> Tensor:
+    """x̄ at ``sigma_next`` from pure noise ``x`` at σ = ∞ (a flow path's τ = 1, where x̄ is infinite).
+
+    The exact limit of the DDIM (Euler) step from σ = ∞: x̄₁ = x̂0 + σ₁ ε̂ with (ε̂, x̂0) evaluated
+    on the noise itself (one NFE; predictions ``x0``, ``v`` or ``flow``).
+    """
+    eps, x0 = field.evaluate_x(x, math.inf)
+    return torch.add(x0, eps, alpha=float(sigma_next))
 
 
 class Adjoint(ABC):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .checks import GridLike, check_batch_size, check_n, check_x, data_grid, span_grid
-from .core import Adjoint, Solution, solve, to_xbar
+from .core import Adjoint, Solution, solve, step_from_noise, to_xbar
 from .field import EpsModel, Prediction, ProbabilityFlowODE, SigmaModel
 from .models import resolve_model
 from .schedules import Schedule
@@ -109,8 +109,7 @@ def _solve_span(field: ProbabilityFlowODE, x: Tensor, sig: Tensor, slv: Solver, 
         )
     if head:
         nfe0 = field.nfe
-        eps, x0 = field.evaluate_x(x, math.inf)
-        sol = solve(field, torch.add(x0, eps, alpha=float(sig[1])), sig[1:], slv, state=state, **kw)
+        sol = solve(field, step_from_noise(field, x, float(sig[1])), sig[1:], slv, state=state, **kw)
         sol.sigmas, sol.nfe = sig, field.nfe - nfe0
         return sol
     sol = solve(field, to_xbar(x, float(sig[0]), field.schedule), sig[:-1], slv, state=state, **kw)

@@ -46,7 +46,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from torch import Tensor
 
 from ..checks import check_grid, check_n
-from ..core import from_xbar, tabulate, to_xbar
+from ..core import from_xbar, step_from_noise, tabulate, to_xbar
 from ..field import ProbabilityFlowODE
 from ..grids import GRIDS, make_grid
 from ..schedules import FlowSchedule, Schedule
@@ -602,8 +602,7 @@ class ODEScheduler(SchedulerMixin, ConfigMixin):
         """The first step of a grid from σ = ∞: the DDIM limit x̄₁ = x̂0 + σ₁ ε̂ on the noise (as
         :func:`ddim_ode.decode` takes it), and the solver's state afresh on the rest of the grid."""
         rest = self.sigmas[run.i + 1 :]
-        eps, x0 = run.field.evaluate_x(run.noise, math.inf)  # type: ignore[arg-type]
-        xbar = torch.add(x0, eps, alpha=float(rest[0]))
+        xbar = step_from_noise(run.field, run.noise, float(rest[0]))  # type: ignore[arg-type]
         return xbar, self.solver.init(run.field, xbar, rest)
 
 
