@@ -19,6 +19,7 @@ Grids:
   ``t = t_lo + (t_hi − t_lo)(k/K)²``.
 * ``"logsnr"`` — uniform in log σ (= uniform in log-SNR; k-diffusion's "exponential").
 * ``"karras"`` — σ^(1/ρ) uniform, ρ = 7 (Karras et al. 2022, eq. 5).
+* ``"ays-sd15"``, ``"ays-sdxl"`` — published tables (Align Your Steps), see :mod:`ddim_ode.published_grids`.
 
 On a discrete schedule "uniform" and "quad" round timesteps to integers (the network was trained
 on those); "logsnr" and "karras" use fractional timesteps.
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .published_grids import PUBLISHED_GRIDS
 from .schedules import Schedule
 
 __all__ = ["GRIDS", "uniform_grid", "quad_grid", "logsnr_grid", "karras_grid", "make_grid", "sigmas_from_timesteps"]
@@ -121,6 +123,7 @@ GRIDS: dict[str, GridFn] = {
     "logsnr": logsnr_grid,
     "karras": karras_grid,
 }
+GRIDS.update(PUBLISHED_GRIDS)
 
 
 def make_grid(schedule: Schedule, grid: str, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:
