@@ -16,6 +16,7 @@ from .likelihood import LikelihoodResult, log_likelihood
 from .models import ResolvedModel, resolve_model
 from .schedules import ContinuousSchedule, DiscreteSchedule, Schedule
 from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, list_solvers, register
+from .tuning import TunedGrid, tune_grid
 
 __version__ = "0.1.0"
 
@@ -52,5 +53,7 @@ __all__ = [
     "list_solvers",
     "resolve_model",
     "ResolvedModel",
+    "tune_grid",
+    "TunedGrid",
     "__version__",
 ]
