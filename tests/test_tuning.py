@@ -153,9 +153,14 @@ def test_bad_arguments(kwargs, message):
         ddim_ode.tune_grid(**{**SMALL, **kwargs})
 
 
-def test_shape_is_needed_for_a_plain_model():
+def test_a_plain_eps_network_needs_the_sample_shape():
+    net = MIXTURE.as_eps_model(SCHEDULE)  # an nn.Module eps(x_t, t): no metadata, no event shape
     with pytest.raises(ValueError, match="pass shape="):
-        ddim_ode.tune_grid(3, model=MIXTURE.as_eps_model(SCHEDULE), schedule=SCHEDULE)
+        ddim_ode.tune_grid(3, model=net, schedule=SCHEDULE)
+    g = ddim_ode.tune_grid(3, "euler", **{**SMALL, "model": net, "shape": (MIXTURE.dim,), "refine": False})
+    oracle = _tune(3, "euler", refine=False)
+    assert g.model == "ScheduledOracle" and oracle.model == repr(MIXTURE)
+    assert torch.allclose(g.sigmas, oracle.sigmas, rtol=1e-9) and g.chosen == oracle.chosen
 
 
 # --------------------------------------------------------------------------------------------- the file

@@ -22,7 +22,7 @@ from ..solvers import Solver, get_solver
 from .reference import candidate_sigmas, reference_trajectory, rms
 from .refine import refine_grid
 from .result import TunedGrid
-from .search import best_path, step_costs
+from .search import StepCosts, best_path, step_costs
 
 __all__ = ["tune_grid", "grid_nfe", "steps_for_nfe", "DEFAULT_GRIDS"]
 
@@ -92,6 +92,52 @@ def _noise(shape: tuple[int, ...], count: int, seed: int, device: Any) -> Tensor
     return z.to(device)
 
 
+class _Noises:
+    """A seeded batch of noises z at σ_max with the accurate solution from them, and the error of a grid on it.
+
+    Every grid starts with x_T = z at its own first σ (as :func:`~ddim_ode.decode` takes it) and is
+    compared with the accurate solution from z at σ_max.
+    """
+
+    def __init__(self, field: ProbabilityFlowODE, slv: Solver, z: Tensor, end: Tensor) -> None:
+        self.field, self.slv, self.z, self.end = field, slv, z, end
+
+    def error(self, grid: Tensor) -> tuple[float, int]:
+        """(RMS error at σ = 0, NFE) of ``slv`` along ``grid``; the error is ``inf`` when the solve blows up."""
+        x_top = to_xbar(self.z, float(grid[0]), self.field.schedule)
+        sol = solve(self.field, x_top, grid, self.slv, check_finite=False)
+        err = rms(sol.xbar, self.end)
+        return (err if math.isfinite(err) else math.inf), sol.nfe
+
+    def objective(self, grid: Tensor) -> float:
+        """The error alone: what the refinement minimises."""
+        return self.error(grid)[0]
+
+
+def _search(costs: StepCosts, cands: Tensor, steps: int, keep_top: bool, tuning: _Noises) -> tuple[Tensor, float]:
+    """The best of the dynamic programme's paths (one per weight exponent, with the top held at σ_max and,
+    unless ``keep_top``, free) by the error of full solves on the tuning noises."""
+    tops = (True,) if keep_top else (True, False)
+    paths = {tuple(best_path(costs, steps, p, top)[0]) for p in WEIGHT_EXPONENTS for top in tops}
+    err, path = min((tuning.error(cands[list(path)])[0], path) for path in paths)
+    return cands[list(path)], err
+
+
+def _compare(
+    heldout: _Noises, tuned: Tensor, standard: dict[str, Tensor]
+) -> tuple[tuple[float, int], dict[str, float], dict[str, int]]:
+    """Held-out (error, NFE) of the tuned grid; errors of the standard grids costing at most as many NFE, and
+    the NFE of every standard grid."""
+    tuned_err, tuned_nfe = heldout.error(tuned)
+    errors: dict[str, float] = {}
+    nfes: dict[str, int] = {}
+    for name, grid in standard.items():
+        err, nfes[name] = heldout.error(grid)
+        if nfes[name] <= tuned_nfe:
+            errors[name] = err
+    return (tuned_err, tuned_nfe), errors, nfes
+
+
 def tune_grid(
     n: int | None = None,
     solver: str | Solver = "euler",
@@ -156,8 +202,8 @@ def tune_grid(
         defaults: the standard grids (names of :data:`~ddim_ode.grids.GRIDS`) to compare with.
 
     Returns:
-        A :class:`~ddim_ode.tuning.TunedGrid`: ``sigmas`` (float64, from σ_max, decreasing, ending
-        at 0, for ``decode(..., sigmas=...)``) with held-out errors, NFE and tuning cost.
+        A :class:`~ddim_ode.tuning.TunedGrid`: ``sigmas`` (float64, decreasing from at most σ_max,
+        ending at 0, for ``decode(..., sigmas=...)``) with held-out errors, NFE and tuning cost.
         Deterministic for fixed seeds.
     """
     start = time.perf_counter()
@@ -199,52 +245,24 @@ def tune_grid(
         mark = field.nfe
         z = _noise(event, num_samples, seed, dev)
         ref = reference_trajectory(field, to_xbar(z, sigma_max, sched), cands, reference_steps)
+        tuning = _Noises(field, slv, z, ref.states[-1])
         mark = spent("reference", mark)
         costs = step_costs(field, slv, ref)
         phases["search"] = costs.nfe
-
-        def tuning_error(grid: Tensor) -> float:
-            out = solve(field, to_xbar(z, float(grid[0]), sched), grid, slv, check_finite=False).xbar
-            err = rms(out, ref.states[-1])
-            return err if math.isfinite(err) else math.inf
-
-        # one path per weight exponent (with and without the top held at σ_max, unless it must be);
-        # the one with the least global error on the tuning noises
-        tops = (True,) if keep_top else (True, False)
-        paths = {tuple(best_path(costs, steps, p, top)[0]) for p in WEIGHT_EXPONENTS for top in tops}
-        scored = sorted((tuning_error(cands[list(path)]), path) for path in paths)
-        train_err, tuned, method = scored[0][0], cands[list(scored[0][1])], "dp"
+        tuned, train_err = _search(costs, cands, steps, keep_top, tuning)
+        method = "dp"
         mark = spent("search", mark)
         if refine:
             refined, refined_err, _ = refine_grid(
-                tuning_error, tuned, sigma_max, sched.sigma_min, refine_solves, keep_top
+                tuning.objective, tuned, sigma_max, sched.sigma_min, refine_solves, keep_top
             )
             if refined_err < train_err:
                 tuned, train_err, method = refined, refined_err, "dp+refine"
             mark = spent("refine", mark)
-
-        # held-out noises: every grid starts from the same noise z (x_T = z at its own first σ, as decode
-        # does) and is compared with the accurate solution from z at σ_max, so a grid that starts
-        # lower is charged for the part of the trajectory it skips
         h_seed = seed + 1 if heldout_seed is None else int(heldout_seed)
         z_h = _noise(event, heldout_samples, h_seed, dev)
-        end_h = reference_trajectory(
-            field, to_xbar(z_h, sigma_max, sched), cands, reference_steps, estimate_error=False
-        ).states[-1]
-
-        def heldout(grid: Tensor) -> tuple[float, int]:
-            sol = solve(field, to_xbar(z_h, float(grid[0]), sched), grid, slv, check_finite=False)
-            err = rms(sol.xbar, end_h)
-            return (err if math.isfinite(err) else math.inf), sol.nfe
-
-        tuned_err, tuned_nfe = heldout(tuned)
-        default_err: dict[str, float] = {}
-        default_nfe: dict[str, int] = {}
-        for name, grid in standard.items():
-            err, cost = heldout(grid)
-            default_nfe[name] = cost
-            if cost <= tuned_nfe:
-                default_err[name] = err
+        end_h = reference_trajectory(field, to_xbar(z_h, sigma_max, sched), cands, reference_steps, False).states[-1]
+        (tuned_err, tuned_nfe), default_err, default_nfe = _compare(_Noises(field, slv, z_h, end_h), tuned, standard)
         spent("heldout", mark)
 
     chosen, sigmas, result_err, result_nfe = "tuned", tuned, tuned_err, tuned_nfe
