@@ -1,7 +1,9 @@
 """Tuned time grids (ddim_ode.tuning) and the published Align Your Steps grids (ddim_ode.published_grids)."""
 
+import dataclasses
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -178,6 +180,11 @@ def test_json_round_trip(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps([3.0, 1.0, 0.0]))
     assert read_sigmas(tmp_path / "list.json").tolist() == [3.0, 1.0, 0.0]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary file left
+    blown = dataclasses.replace(g, tuned_heldout_error=math.inf, default_heldout_errors={"karras": math.inf})
+    blown.save(path)  # strict JSON has no inf: written as null, read back as inf
+    assert json.loads(path.read_text())["tuned_heldout_error"] is None
+    back = TunedGrid.load(path)
+    assert back.tuned_heldout_error == math.inf and back.default_heldout_errors == {"karras": math.inf}
 
 
 def test_bad_grid_files(tmp_path):

@@ -2,7 +2,8 @@
 
 The file is a JSON object with ``format`` ``"ddim_ode.tuned_grid"``, ``format_version`` 1,
 ``sigmas`` (the decoding grid, decreasing, ending at 0; floats written with full precision so they
-read back bit for bit) and the record of how the grid was tuned (see :class:`TunedGrid`).
+read back bit for bit) and the record of how the grid was tuned (see :class:`TunedGrid`; an error
+that is infinite because a solve blew up is written as ``null``).
 :func:`read_sigmas` reads the grid from such a file or from a plain JSON list of σ values.
 """
 
@@ -24,7 +25,19 @@ FORMAT = "ddim_ode.tuned_grid"
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
+#: the error fields, which are ``inf`` when a solve blew up (written as JSON ``null``)
+_ERRORS = ("heldout_error", "tuned_heldout_error", "tuning_error", "reference_error")
+
+
+def _to_null(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _from_null(x: float | None) -> float:
+    return math.inf if x is None else float(x)
+
+
+@dataclass(frozen=True, eq=False)
 class TunedGrid:
     """A σ grid tuned for one model, solver and number of steps, with the record of its tuning.
 
@@ -92,9 +105,12 @@ class TunedGrid:
         return self.default_heldout_errors[best] / self.heldout_error if self.heldout_error > 0 else math.inf
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of the file format (``sigmas`` as a list of floats)."""
+        """The JSON object of the file format (``sigmas`` as a list of floats, an infinite error as ``null``)."""
         body = asdict(self)
         body["sigmas"] = [float(s) for s in self.sigmas.tolist()]
+        for name in _ERRORS:
+            body[name] = _to_null(body[name])
+        body["default_heldout_errors"] = {k: _to_null(v) for k, v in self.default_heldout_errors.items()}
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **body}
 
     @classmethod
@@ -110,6 +126,9 @@ class TunedGrid:
             raise ValueError(f"tuned grid is missing {', '.join(missing)}")
         values = {k: v for k, v in obj.items() if k in names}
         values["sigmas"] = _grid_tensor(obj["sigmas"], "sigmas")
+        for name in _ERRORS:
+            values[name] = _from_null(values[name])
+        values["default_heldout_errors"] = {k: _from_null(v) for k, v in values["default_heldout_errors"].items()}
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
