@@ -51,6 +51,8 @@ _EXPORTS = {
     "get_solver": "solvers",
     "list_solvers": "solvers",
     "register": "solvers",
+    "TunedGrid": "tuning",
+    "tune_grid": "tuning",
 }
 _SUBMODULES = ("adjoint", "analytic", "grids", "likelihood", "solvers")
 
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from .precond import EDMPrecond
     from .schedules import ContinuousSchedule, DiscreteSchedule, FlowSchedule, Schedule, VESchedule
     from .solvers import ReversibleLatent, Solver, SolverInfo, get_solver, list_solvers, register
+    from .tuning import TunedGrid, tune_grid
 
 __all__ = [
     "adjoint",
@@ -105,6 +108,8 @@ __all__ = [
     "get_solver",
     "list_solvers",
     "register",
+    "TunedGrid",
+    "tune_grid",
     "__version__",
 ]
 

@@ -26,6 +26,7 @@ Grids:
 * ``"karras"`` — σ^(1/ρ) uniform, ρ = 7 (Karras et al. 2022, eq. 5). On a
   :class:`~ddim_ode.schedules.VESchedule` over its full range this is EDM's (and k-diffusion's
   ``get_sigmas_karras``) grid.
+* ``"ays-sd15"``, ``"ays-sdxl"`` — published tables (Align Your Steps), see :mod:`ddim_ode.published_grids`.
 
 "uniform" and "quad" are spaced in the schedule's grid time
 (:meth:`~ddim_ode.schedules.Schedule.grid_time`, t itself except for a flow's shift) between
@@ -43,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .published_grids import PUBLISHED_GRIDS
 from .schedules import Schedule
 
 __all__ = ["GRIDS", "uniform_grid", "quad_grid", "logsnr_grid", "karras_grid", "make_grid", "sigmas_from_timesteps"]
@@ -150,6 +152,7 @@ GRIDS: dict[str, GridFn] = {
     "logsnr": logsnr_grid,
     "karras": karras_grid,
 }
+GRIDS.update(PUBLISHED_GRIDS)
 
 
 def make_grid(schedule: Schedule, grid: str, n: int, t_hi: float | None = None, t_lo: float | None = None) -> Tensor:

@@ -95,7 +95,8 @@ def test_a_cycle_would_be_found():
 LOW_LAYERS = {
     "ddim_ode.schedules": set(),
     "ddim_ode.field": {"ddim_ode.schedules"},
-    "ddim_ode.grids": {"ddim_ode.schedules"},
+    "ddim_ode.grids": {"ddim_ode.schedules", "ddim_ode.published_grids"},
+    "ddim_ode.published_grids": {"ddim_ode.schedules"},
     "ddim_ode.solvers.base": {"ddim_ode.field"},
 }
 
