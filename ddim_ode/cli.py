@@ -42,7 +42,7 @@ from .cli_io import (
     read_latents,
     write_outputs,
 )
-from .cli_plan import Plan, describe_record, make_plan, mismatches
+from .cli_plan import Plan, describe_record, make_plan, mismatches, solver_options
 from .core import Solution
 from .diffusers.prompts import PromptConditioning, add_prompt_arguments, prompt_conditioning
 from .driver import decode, encode
@@ -610,6 +610,42 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(f"{args.study} study done in {time.perf_counter() - t0:.1f}s; results in {run.folder(args.study)}/")
 
 
+def cmd_tune_grid(args: argparse.Namespace) -> None:
+    """Tune a σ grid to a model and solver (:func:`ddim_ode.tune_grid`) and save it as JSON."""
+    from .tuning import tune_grid
+
+    if (args.steps is None) == (args.nfe is None):
+        raise CLIError("give exactly one of -n/--steps and --nfe")
+    out = Path(args.out)
+    check_writable(out)
+    options = solver_options(args.solver, args.solver_option) if args.solver_option else None
+    grid = tune_grid(
+        args.steps,
+        args.solver,
+        nfe=args.nfe,
+        model=None if args.model in (None, "default") else args.model,
+        solver_options=options,
+        num_samples=args.num_samples,
+        heldout_samples=args.heldout_samples,
+        seed=args.seed,
+        candidates=args.candidates,
+        reference_steps=args.reference_steps,
+        refine=not args.no_refine,
+        keep_top=args.keep_top,
+        device=_device(args.device),
+    )
+    grid.save(out)
+    print(repr(grid))
+    print(f"held-out RMS error of {grid.heldout_samples} samples, n = {grid.n}:")
+    rows = [("tuned", grid.tuned_heldout_error), *sorted(grid.default_heldout_errors.items())]
+    for name, err in rows:
+        print(f"  {name:<10} {err:.4g}")
+    print(
+        f"returned: {grid.chosen} (gain {grid.gain:.3g} over the best standard grid); tuning cost {grid.tuning_nfe} "
+        f"NFE, {grid.tuning_seconds:.1f}s -> {out}  (use it with --sigmas {out})"
+    )
+
+
 def cmd_solvers(args: argparse.Namespace) -> None:
     rows = list_solvers()
     print(f"{'name':<18} {'order':>5} {'NFE/step':>8} {'encode':>6}  paper")
@@ -639,7 +675,11 @@ def _common(p: argparse.ArgumentParser, steps: int = 20, recorded: bool = False)
     p.add_argument("--solver", help="solver name; see `ddim-ode solvers`" + rec.format("euler = DDIM"))
     p.add_argument("-n", "--steps", type=int, help="number of steps" + rec.format(steps))
     p.add_argument("--grid", help=f"one of {', '.join(GRIDS)}" + rec.format("uniform"))
-    p.add_argument("--sigmas", metavar="S0,S1,...,0", help="explicit decoding grid of sigmas, decreasing to 0")
+    p.add_argument(
+        "--sigmas",
+        metavar="S0,S1,...,0|FILE.json",
+        help="explicit decoding grid of sigmas, decreasing to 0, or a JSON file of them (e.g. from `tune-grid`)",
+    )
     p.add_argument(
         "--timesteps", metavar="T0,T1,...", help="explicit decreasing timesteps (a final step to t=0 is added)"
     )
@@ -794,6 +834,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="the folder given as --out-dir")
     p.set_defaults(func=cmd_merge)
 
+    p = sub.add_parser("tune-grid", help="tune a sigma grid to a model and solver at a step or NFE budget")
+    p.add_argument("--model", help="'default' (built-in), a built-in name or a model directory (default: default)")
+    p.add_argument("--device", default="auto", help=f"one of {DEVICES} (default auto: cuda if available)")
+    p.add_argument("--solver", default="euler", help="solver name (default euler); see `ddim-ode solvers`")
+    p.add_argument("--solver-option", action="append", metavar="KEY=VALUE", help="solver constructor option")
+    p.add_argument("-n", "--steps", type=int, help="number of steps (or give --nfe)")
+    p.add_argument("--nfe", type=int, help="network evaluations to spend: the most steps the solver can afford")
+    p.add_argument("--out", required=True, help="the grid's JSON file (use it with --sigmas FILE)")
+    p.add_argument("--num-samples", type=int, default=64, help="noises the grid is tuned on (default 64)")
+    p.add_argument("--heldout-samples", type=int, default=64, help="other noises it is checked on (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tuning noises (held out: seed + 1)")
+    p.add_argument("--candidates", type=int, default=48, help="candidate sigmas of the search (default 48)")
+    p.add_argument("--reference-steps", type=int, default=192, help="RK4 steps of the reference solves (default 192)")
+    p.add_argument("--no-refine", action="store_true", help="skip the Nelder-Mead refinement of the points")
+    p.add_argument("--keep-top", action="store_true", help="start the grid at the schedule's sigma_max")
+    p.set_defaults(func=cmd_tune_grid)
+
     p = sub.add_parser("solvers", help="list the solvers with order, NFE per step and paper")
     p.set_defaults(func=cmd_solvers)
     return parser
@@ -801,7 +858,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> None:
     """Checks of single arguments, before anything is loaded."""
-    for name in ("steps", "num", "batch_size", "frames", "shard_size", "probes"):
+    for name in (
+        "steps",
+        "num",
+        "batch_size",
+        "frames",
+        "shard_size",
+        "probes",
+        "nfe",
+        "num_samples",
+        "heldout_samples",
+        "candidates",
+    ):
         val = getattr(args, name, None)
         if isinstance(val, list):
             val = min(val)

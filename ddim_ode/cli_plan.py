@@ -18,6 +18,7 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,6 +179,18 @@ class Plan:
         return get_solver(self.solver, **self.options).reversible
 
 
+def _sigmas_argument(text: str) -> np.ndarray:
+    """``--sigmas``: comma-separated numbers, or a JSON file (a tuned grid from ``ddim-ode tune-grid``
+    or a plain list of σ)."""
+    if text.strip().lower().endswith(".json"):
+        from .tuning import read_sigmas  # the tuned-grid reader, loaded when a file is named
+
+        if not Path(text).is_file():
+            raise FileNotFoundError(f"--sigmas: no such file: {text}")
+        return read_sigmas(text).numpy()
+    return np.asarray(_numbers(text, "--sigmas"), dtype=np.float64)
+
+
 def make_plan(
     schedule: Schedule,
     *,
@@ -216,7 +229,7 @@ def make_plan(
     if encoding and not slv.can_encode:
         raise ValueError(f"solver {name!r} cannot encode: {slv.why_no_encode}")
     if sigmas is not None:
-        sig, kind = np.asarray(_numbers(sigmas, "--sigmas"), dtype=np.float64), "sigmas"
+        sig, kind = _sigmas_argument(sigmas), "sigmas"
         _check_decoding_grid(sig, schedule, "--sigmas")
         n = len(sig) - 1
     elif timesteps is not None:

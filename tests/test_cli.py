@@ -97,3 +97,25 @@ def test_half_precision_network_keeps_float32_samples(tmp_path):
     h, f = np.load(tmp_path / "h.npz")["samples"], np.load(tmp_path / "f.npz")["samples"]
     assert h.dtype == np.float32 and np.isfinite(h).all()
     assert 0 < np.abs(h - f).max() < 0.2  # bfloat16 network, float32 state: close, not identical
+
+
+def test_tune_grid_writes_a_grid_that_sampling_reads(tmp_path, capsys):
+    """`tune-grid` saves a tuned grid; `sample --sigmas FILE` decodes along exactly that grid."""
+    import json
+
+    from ddim_ode.cli import main
+
+    grid = tmp_path / "grid.json"
+    args = ["tune-grid", "--solver", "euler", "-n", "3", "--num-samples", "4", "--heldout-samples", "4"]
+    args += ["--candidates", "8", "--reference-steps", "16", "--no-refine", "--device", "cpu", "--out", str(grid)]
+    assert main(args) == 0
+    saved = json.loads(grid.read_text())
+    assert saved["solver"] == "euler" and saved["n"] == 3 and saved["sigmas"][-1] == 0.0
+    assert saved["heldout_error"] <= min(saved["default_heldout_errors"].values())
+    assert "tuning cost" in capsys.readouterr().out
+    out = tmp_path / "s.png"
+    assert main(["sample", "--num", "2", "--sigmas", str(grid), "--device", "cpu", "--out", str(out), "-q"]) == 0
+    with np.load(tmp_path / "s.npz") as f:
+        assert np.allclose(f["sigmas"], saved["sigmas"], rtol=0, atol=0)
+    assert main(["tune-grid", "-n", "3", "--nfe", "3", "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
