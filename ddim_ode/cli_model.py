@@ -36,6 +36,7 @@ from .schedules import ContinuousSchedule, DiscreteSchedule, FlowSchedule, Sched
 __all__ = [
     "SCHEDULE_SPECS",
     "LABELS_KEYWORD",
+    "schedule_help",
     "ScheduleChoice",
     "parse_schedule",
     "ClassList",
@@ -51,8 +52,6 @@ __all__ = [
 
 #: the keyword argument of a class-conditional network's labels: ``model(x_t, t, y=labels)``
 LABELS_KEYWORD = "y"
-#: the most timesteps of a discrete ``--schedule`` (as a model config allows)
-MAX_SCHEDULE_TIMESTEPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -70,8 +69,11 @@ class _Spec:
 
 
 def _timesteps(value: float) -> int:
-    if value != int(value) or not 2 <= value <= MAX_SCHEDULE_TIMESTEPS:
-        raise ValueError(f"T must be an integer in [2, {MAX_SCHEDULE_TIMESTEPS}], got {value:g}")
+    """T of a discrete ``--schedule``, within the bound of a model config's schedule."""
+    from .io import MAX_TIMESTEPS
+
+    if value != int(value) or not 2 <= value <= MAX_TIMESTEPS:
+        raise ValueError(f"T must be an integer in [2, {MAX_TIMESTEPS}], got {value:g}")
     return int(value)
 
 
