@@ -1,15 +1,18 @@
 """The ``ddim-ode`` command line.
 
 Subcommands: ``demo``, ``sample``, ``encode``, ``decode``, ``roundtrip``, ``interpolate``,
-``likelihood``, ``train``, ``bench``, ``merge`` and ``solvers``. Every command uses the built-in
-model unless ``--model`` names another. Each command reads the files the others write (the array
+``likelihood``, ``train``, ``bench``, ``merge``, ``solvers`` and ``models``. Every command uses the
+default built-in model unless ``--model`` names another built-in model or a model directory
+(``--prediction``/``--schedule`` and the class conditioning ``--class``/``--guidance`` are
+described in :mod:`ddim_ode.cli_model`). Each command reads the files the others write (the array
 names and the decoding settings stored beside latents are described in :mod:`ddim_ode.cli_io`).
 
 Errors: a problem the user can fix (bad arguments or files, an output that cannot be written, an
 unavailable device, a run that produced NaN) is reported on one line and exits with status 2,
 before any work when it can be known before; outputs are checked to be writable first and written
 atomically, so a failed or interrupted run leaves nothing behind. Anything else is a bug and shows
-its traceback; ``DDIM_ODE_DEBUG=1`` shows the traceback of user errors too.
+its traceback; ``DDIM_ODE_DEBUG=1`` shows the traceback of user errors too. Warnings are printed
+when a command ends, so a refused command prints its one line only.
 """
 
 from __future__ import annotations
@@ -34,21 +37,34 @@ from torch import Tensor
 from ._files import atomic_path
 from .cli_io import (
     LatentFile,
+    ModelRecord,
+    add_arrays,
     check_writable,
     check_writable_dir,
+    decoding_arrays,
     latent_arrays,
     output_paths,
     read_images,
     read_latents,
     write_outputs,
 )
+from .cli_model import (
+    LABELS_KEYWORD,
+    Conditioning,
+    builtin_rows,
+    choose_model,
+    conditioning,
+    parse_classes,
+    parse_schedule,
+    schedule_help,
+)
 from .cli_plan import Plan, describe_record, make_plan, mismatches, solver_options
 from .core import Solution
 from .diffusers.prompts import PromptConditioning, add_prompt_arguments, prompt_conditioning
 from .driver import decode, encode
+from .field import PREDICTIONS
 from .grids import GRIDS
 from .images import image_grid, slerp, to_unit
-from .models import resolve_model
 from .schedules import Schedule
 from .solvers import SOLVERS, list_solvers
 from .solvers.reversible import ReversibleLatent, concat_states, state_from_arrays, state_to_arrays
@@ -112,8 +128,10 @@ def _guarded(command: str, run: Callable[[], Any]) -> int:
     return 0
 
 
-def _warn(command: str, text: str) -> None:
-    print(f"ddim-ode {command}: warning: {text}", file=sys.stderr)
+def _warn(args: argparse.Namespace, text: str) -> None:
+    """A warning of the running command, printed when it ends without a user error (a refused
+    command prints its one line only)."""
+    args.warnings.append(text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,21 +171,30 @@ class _Model:
     prediction: str
     shape: tuple[int, ...]
     device: torch.device
-    source: str  # "default" or the resolved model directory: what latent files record
+    source: str  # "default", a built-in name or the resolved model directory: what latent files record
+    schedule_spec: str | None  # the --schedule that replaced the model's own
+    num_classes: int  # 0: unconditional
     text: PromptConditioning | None = None  # a text-conditioned pipeline directory's prompt (sample --prompt)
 
+    def record(self, cond: Conditioning) -> ModelRecord:
+        """What a latent file made with this model and ``cond`` records about them."""
+        return ModelRecord(self.source, self.prediction, self.schedule_spec, cond.labels, cond.guidance)
 
-def _model_id(name: str | None) -> str:
-    return "default" if name in (None, "default") else str(Path(str(name)).resolve())
 
-
-def _load(args: argparse.Namespace, batch: int, model: str | None = None) -> _Model:
-    """The model named by ``model`` (default ``--model``), on ``--device``; sets the CLI's threads."""
+def _load(args: argparse.Namespace, batch: int, stored: LatentFile | None = None) -> _Model:
+    """The model of ``--model`` (else the one ``stored`` latents record, else the default) with
+    ``--prediction``/``--schedule`` (else, for the recorded model, the recorded ones), on ``--device``;
+    sets the CLI's threads."""
     from .io import sample_shape
 
     dev = _device(args.device)
-    name = model or args.model or "default"
-    res = resolve_model(name, device=dev)
+    same = stored is not None and (args.model is None or stored.model in (args.model, str(Path(args.model).resolve())))
+    recorded = stored if same else None
+    name = args.model or (recorded.model if recorded is not None else None) or "default"
+    prediction = args.prediction or (recorded.prediction if recorded is not None else None)
+    schedule = args.schedule or (recorded.schedule if recorded is not None else None)
+    choice = choose_model(name, prediction, schedule, dev, lambda text: _warn(args, text))
+    res = choice.resolved
     text = prompt_conditioning(args, res.metadata, dev)
     net = res.model
     try:
@@ -180,7 +207,18 @@ def _load(args: argparse.Namespace, batch: int, model: str | None = None) -> _Mo
         net = torch.compile(net)
     if getattr(args, "choose_threads", False) and dev.type == "cpu":
         set_threads_for(min(batch, args.batch_size or batch) * math.prod(shape))
-    return _Model(net, res.schedule, res.prediction, shape, dev, _model_id(name), text)
+    return _Model(
+        net, res.schedule, res.prediction, shape, dev, choice.source, choice.schedule, choice.num_classes, text
+    )
+
+
+def _conditioning(args: argparse.Namespace, m: _Model, n: int, stored: LatentFile | None = None) -> Conditioning:
+    """The class labels of ``n`` samples and the guidance of ``--class``/``--guidance`` (else ``stored``'s);
+    none for a text-conditioned pipeline, whose ``--guidance`` weighs its prompt."""
+    if m.text is not None:
+        return conditioning(None, None, classes_of_model=0, model=m.source, n=n, stored=None)
+    classes = parse_classes(args.classes) if args.classes is not None else None
+    return conditioning(classes, args.guidance, classes_of_model=m.num_classes, model=m.source, n=n, stored=stored)
 
 
 def _plan(args: argparse.Namespace, m: _Model, stored: LatentFile | None = None, encoding: bool = False) -> Plan:
@@ -205,24 +243,26 @@ def _run_kwargs(plan: Plan, m: _Model) -> dict[str, Any]:
     )
 
 
-def _check_settings(args: argparse.Namespace, stored: LatentFile, plan: Plan, m: _Model) -> bool:
-    """Whether ``plan`` decodes ``stored`` with its recorded settings; refuses a mismatch on encoded latents.
+def _check_settings(args: argparse.Namespace, stored: LatentFile, plan: Plan, record: ModelRecord) -> bool:
+    """Whether ``plan`` and ``record`` decode ``stored`` with its recorded settings; refuses a mismatch
+    on encoded latents.
 
     Encoded latents reconstruct their images only with the settings they were encoded with, so a
-    different solver, n, grid or model is refused unless ``--allow-mismatch`` (then a warning).
-    Noise (from ``sample``) decodes to a valid sample with any settings.
+    different solver, n, grid, model, prediction, schedule, class labels or guidance is refused
+    unless ``--allow-mismatch`` (then a warning). Noise (from ``sample``) decodes to a valid sample
+    with any settings.
     """
-    diffs = mismatches(stored, plan, m.source)
+    diffs = mismatches(stored, plan, record)
     if not diffs:
         return True
     if stored.kind == "encoded":
         text = f"{args.input} was encoded with {describe_record(stored)}; this run differs: {'; '.join(diffs)}"
         if not args.allow_mismatch:
             raise CLIError(
-                f"{text}. Omit --solver/-n/--grid/--sigmas/--timesteps/--model to use the recorded settings, "
-                "or pass --allow-mismatch to decode anyway"
+                f"{text}. Omit --solver/-n/--grid/--sigmas/--timesteps/--model/--prediction/--schedule/--class/"
+                "--guidance to use the recorded settings, or pass --allow-mismatch to decode anyway"
             )
-        _warn(args.command, f"{text}; the result will not reconstruct the encoded images")
+        _warn(args, f"{text}; the result will not reconstruct the encoded images")
     return False
 
 
@@ -239,12 +279,16 @@ def _progress(total: int, desc: str, enabled: bool):  # type: ignore[no-untyped-
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr)
 
 
-def _batched(fn: Callable[[Tensor], Solution], x: Tensor, batch_size: int, desc: str, show: bool) -> list[Solution]:
-    """``fn`` on consecutive batches of ``x`` (a ``ReversibleLatent`` hands each batch its rows of the state)."""
+def _batched(
+    fn: Callable[[Tensor, slice], Solution], x: Tensor, batch_size: int, desc: str, show: bool
+) -> list[Solution]:
+    """``fn(batch, rows)`` on consecutive batches of ``x`` (a ``ReversibleLatent`` hands each batch
+    its rows of the state; ``rows`` selects the batch's conditioning)."""
     outs = []
     with _progress(x.shape[0], desc, show) as bar:
         for start in range(0, x.shape[0], batch_size):
-            outs.append(fn(x[start : start + batch_size]))
+            rows = slice(start, start + batch_size)
+            outs.append(fn(x[rows], rows))
             bar.update(min(batch_size, x.shape[0] - start))
     return outs
 
@@ -271,7 +315,7 @@ def _with_state(lat: Tensor, lf: LatentFile, args: argparse.Namespace) -> Tensor
         ) from None
     if state is None:
         if lf.kind == "encoded":
-            _warn(args.command, f"{path} stores no auxiliary state: {lf.solver} decodes afresh, not exactly")
+            _warn(args, f"{path} stores no auxiliary state: {lf.solver} decodes afresh, not exactly")
         return lat
     if any(isinstance(v, Tensor) and v.shape != lat.shape for v in vars(state).values()):
         raise CLIError(f"{path}: the auxiliary state does not match the latents' shape {tuple(lat.shape)}")
@@ -283,8 +327,15 @@ def _with_state(lat: Tensor, lf: LatentFile, args: argparse.Namespace) -> Tensor
 
 
 def _to_dir(args: argparse.Namespace, kind: str) -> None:
-    """``sample``/``encode`` with ``--out-dir``: resumable shards, on every rank of a torchrun job."""
+    """``sample``/``encode`` with ``--out-dir``: resumable shards, on every rank of a torchrun job.
+
+    Sample (or image) ``i`` gets the class label ``labels[i % len(labels)]`` whatever the shard
+    size, the number of processes or the interruptions; the manifest records the labels' hash and
+    the guidance, so a resume with others is refused. An encoding run adds to the merged
+    ``latents.npz`` what ``decode`` needs besides the solver: the grid, the model and its conditioning.
+    """
     from .distributed import encode_to_dir, process_group, sample_to_dir
+    from .distributed.layout import DECODE_INPUT
 
     if args.sigmas is not None or args.timesteps is not None:
         raise CLIError("--sigmas/--timesteps cannot be combined with --out-dir; use -n and --grid")
@@ -294,6 +345,8 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
         if m.text is not None:
             raise CLIError("--prompt cannot be combined with --out-dir")
         plan = _plan(args, m, encoding=kind == "encode")
+        images = read_images(args.input, m.shape) if kind == "encode" else None
+        cond = _conditioning(args, m, args.num if images is None else len(images))
         kw: dict[str, Any] = dict(
             model=m.model,
             schedule=m.schedule,
@@ -307,11 +360,25 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
             solver_options=plan.options,
             progress=not args.quiet and info.rank == 0,
         )
-        if kind == "sample":
+        if cond.labels is not None:
+            kw["model_kwargs"] = {LABELS_KEYWORD: torch.from_numpy(cond.labels)}
+        if cond.guidance is not None:
+            kw["guidance_scale"] = cond.guidance
+        if images is None:
             res = sample_to_dir(args.shard_dir, args.num, seed=args.seed, shape=m.shape, **kw)
         else:
-            res = encode_to_dir(read_images(args.input, m.shape), args.shard_dir, **kw)
+            res = encode_to_dir(images, args.shard_dir, **kw)
     if info.rank == 0:
+        if images is not None and res.merged is not None:
+            settings = decoding_arrays(
+                kind="encoded",
+                solver=plan.solver,
+                solver_options=plan.options,
+                grid=plan.grid,
+                steps=plan.steps,
+                sigmas=plan.sigmas,
+            )
+            add_arrays(Path(res.out_dir) / DECODE_INPUT, **settings, **m.record(cond).arrays())
         print(
             f"{res.num} {'samples' if kind == 'sample' else 'latents'} in {res.out_dir}: "
             f"{res.shards_skipped} of {res.shards_total} shards were already complete, "
@@ -327,20 +394,35 @@ def cmd_merge(args: argparse.Namespace) -> None:
     print(f"merged {args.out_dir} -> {merge_dir(args.out_dir)}")
 
 
+def _conditioned(cond: Conditioning) -> str:
+    """``, classes …, guidance w`` for the summary line of a class-conditioned run (else nothing)."""
+    if cond.labels is None:
+        return ""
+    labels = ",".join(str(int(v)) for v in np.unique(cond.labels))
+    return f", classes {labels}" + (f", guidance {cond.guidance:g}" if cond.guidance is not None else "")
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     if getattr(args, "shard_dir", None) is not None:
         _to_dir(args, "sample")
         return
     png, npz = output_paths(args.out, ".png", ".npz")
     m = _load(args, args.num)
+    cond = _conditioning(args, m, args.num)
     plan = _plan(args, m)
     x_T = _noise(args.num, m.shape, args.seed, m.device)
     t0 = time.perf_counter()
     text = m.text.decode_kwargs if m.text is not None else lambda batch: {}
     with torch.no_grad():
         sols = _batched(
-            lambda xb: decode(
-                xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m), **text(xb.shape[0])
+            lambda xb, rows: decode(
+                xb,
+                plan.solver,
+                plan.steps,
+                return_solution=True,
+                **_run_kwargs(plan, m),
+                **cond.run_kwargs(rows, m.device),
+                **text(xb.shape[0]),
             ),
             x_T,
             args.batch_size,
@@ -359,13 +441,16 @@ def cmd_sample(args: argparse.Namespace) -> None:
         grid=plan.grid,
         steps=plan.steps,
         sigmas=plan.sigmas,
-        model=m.source,
+        model=m.record(cond),
     )
     write_outputs(
         png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(args.num)))), npz, samples=x0.cpu().numpy(), **arrays
     )
     nfe = sum(s.nfe for s in sols) // len(sols)
-    print(f"{args.num} samples, solver={plan.solver}, n={plan.steps}, NFE={nfe}, {wall:.1f}s -> {png}, {npz}")
+    print(
+        f"{args.num} samples, solver={plan.solver}, n={plan.steps}, NFE={nfe}{_conditioned(cond)}, "
+        f"{wall:.1f}s -> {png}, {npz}"
+    )
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
@@ -375,10 +460,18 @@ def cmd_encode(args: argparse.Namespace) -> None:
     (npz,) = output_paths(args.out, ".npz")
     m = _load(args, args.batch_size)
     x0 = read_images(args.input, m.shape).to(m.device)
+    cond = _conditioning(args, m, len(x0))
     plan = _plan(args, m, encoding=True)
     with torch.no_grad():
         sols = _batched(
-            lambda xb: encode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
+            lambda xb, rows: encode(
+                xb,
+                plan.solver,
+                plan.steps,
+                return_solution=True,
+                **_run_kwargs(plan, m),
+                **cond.run_kwargs(rows, m.device),
+            ),
             x0,
             args.batch_size,
             "encoding",
@@ -394,24 +487,32 @@ def cmd_encode(args: argparse.Namespace) -> None:
         grid=plan.grid,
         steps=plan.steps,
         sigmas=plan.sigmas,
-        model=m.source,
+        model=m.record(cond),
         state_arrays=state,
     )
     write_outputs(npz=npz, **arrays)
-    print(f"encoded {x0.shape[0]} images with {plan.solver}, n={plan.steps} -> {npz}")
+    print(f"encoded {x0.shape[0]} images with {plan.solver}, n={plan.steps}{_conditioned(cond)} -> {npz}")
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
     lf = read_latents(args.input)
     png, npz = output_paths(args.out, ".png", ".npz")
-    m = _load(args, len(lf.latents), model=args.model or lf.model)
+    m = _load(args, len(lf.latents), stored=lf)
     lat = _latents(lf, m, args.input)
+    cond = _conditioning(args, m, len(lat), lf)
     plan = _plan(args, m, lf)
-    if _check_settings(args, lf, plan, m) and plan.reversible:
+    if _check_settings(args, lf, plan, m.record(cond)) and plan.reversible:
         lat = _with_state(lat, lf, args)
     with torch.no_grad():
         sols = _batched(
-            lambda xb: decode(xb, plan.solver, plan.steps, return_solution=True, **_run_kwargs(plan, m)),
+            lambda xb, rows: decode(
+                xb,
+                plan.solver,
+                plan.steps,
+                return_solution=True,
+                **_run_kwargs(plan, m),
+                **cond.run_kwargs(rows, m.device),
+            ),
             lat,
             args.batch_size,
             "decoding",
@@ -419,49 +520,51 @@ def cmd_decode(args: argparse.Namespace) -> None:
         )
     x0 = _cat(sols)
     write_outputs(png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(len(x0))))), npz, samples=x0.cpu().numpy())
-    print(f"decoded {len(x0)} latents with {plan.solver}, n={plan.steps} -> {png}, {npz}")
+    print(f"decoded {len(x0)} latents with {plan.solver}, n={plan.steps}{_conditioned(cond)} -> {png}, {npz}")
 
 
-def _roundtrip(args: argparse.Namespace, m: _Model) -> tuple[Tensor, Tensor, float, Plan]:
+def _roundtrip(args: argparse.Namespace, m: _Model) -> tuple[Tensor, Tensor, float, Plan, Conditioning]:
     plan = _plan(args, m, encoding=True)
     x0 = read_images(args.input, m.shape)[: args.num].to(m.device)
-    kw = _run_kwargs(plan, m)
+    cond = _conditioning(args, m, len(x0))
+    kw = _run_kwargs(plan, m) | cond.run_kwargs(slice(None), m.device)
     with torch.no_grad():
         enc = encode(x0, plan.solver, plan.steps, return_solution=True, **kw)
         state = enc.state if plan.reversible else None  # other solvers' final state is no start for decoding
         rec = decode(enc.x.as_subclass(Tensor), plan.solver, plan.steps, state=state, **kw)
     # per-dimension MSE with data scaled to [0, 1], as the DDIM paper's Table 2
     mse = float(((rec - x0) / 2).pow(2).mean())
-    return x0, rec, mse, plan
+    return x0, rec, mse, plan, cond
 
 
 def cmd_roundtrip(args: argparse.Namespace) -> None:
     (png,) = output_paths(args.out, ".png")
     m = _load(args, args.num)
-    x0, rec, mse, plan = _roundtrip(args, m)
+    x0, rec, mse, plan, cond = _roundtrip(args, m)
     diff = (rec - x0).abs() - 1.0  # |difference| shown on the same [-1, 1] → [0, 1] map
     panel = np.concatenate([to_unit(x0), to_unit(rec), to_unit(diff)])
     write_outputs(png, image_grid(panel, ncol=len(x0)))
     print(
-        f"round trip of {len(x0)} images, solver={plan.solver}, n={plan.steps}: "
+        f"round trip of {len(x0)} images, solver={plan.solver}, n={plan.steps}{_conditioned(cond)}: "
         f"per-dimension MSE (data in [0, 1]) = {mse:.3e} -> {png} "
         "(rows: originals | reconstructions | |difference|)"
     )
 
 
 def cmd_interpolate(args: argparse.Namespace) -> None:
+    """Without class labels: a class-conditional model decodes its null class (unconditionally)."""
     png, cons = output_paths(args.out, ".png", "_consistency.png")
     lf = read_latents(args.input) if args.input else None
-    m = _load(args, args.frames, model=args.model or (lf.model if lf is not None else None))
+    m = _load(args, args.frames, stored=lf)
     plan = _plan(args, m, lf)
     if lf is not None:
-        _check_settings(args, lf, plan, m)
+        _check_settings(args, lf, plan, m.record(Conditioning()))
         if len(lf.latents) < 2:
             raise CLIError(f"{args.input} holds {len(lf.latents)} latent(s); interpolation needs two")
         ends = _latents(lf, m, args.input)[:2]
         if lf.kind == "encoded" and plan.reversible:
             _warn(
-                args.command,
+                args,
                 f"{args.input} was encoded with the reversible {plan.solver}: its latents decode exactly only with "
                 "their auxiliary state, which interpolated latents do not have, so even the end frames are not the "
                 "images; encode with euler (DDIM inversion) to interpolate",
@@ -562,6 +665,7 @@ BENCH_OPTIONS: dict[str, dict[str, str]] = {
     "problems": {"accuracy": "problems"},
     "grids": {"accuracy": "grids", "inversion": "grids"},
     "nfes": {"accuracy": "nfes"},
+    "model": {"roundtrip": "model", "quality": "model", "speed": "model", "consistency": "model"},
 }
 #: options that take a single value in some studies
 _SINGLE = {("steps", "speed"), ("solvers", "consistency")}
@@ -653,6 +757,23 @@ def cmd_solvers(args: argparse.Namespace) -> None:
         print(f"{s.name:<18} {s.order:>5} {s.nfe_per_step:>8g} {('yes' if s.can_encode else 'no'):>6}  {s.paper}")
 
 
+def cmd_models(args: argparse.Namespace) -> None:
+    rows = builtin_rows()
+    width = max(len(r.name) for r in rows)
+    print(f"{'name':<{width}}  {'prediction':<10}  {'shape':<7}  {'classes':<7}  schedule")
+    for r in rows:
+        if r.error:
+            print(f"{r.name:<{width}}  cannot be loaded: {r.error}")
+        else:
+            classes = str(r.classes) if r.classes else "-"
+            print(f"{r.name:<{width}}  {r.prediction:<10}  {r.shape:<7}  {classes:<7}  {r.schedule}")
+        print(f"{'':<{width}}  {r.description}")
+    print(
+        "use one with --model NAME; a class-conditional one (classes > 0) takes --class and --guidance; "
+        "your own model: --model DIR (with --prediction/--schedule if its config lacks them or is wrong)"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # the parser
 
@@ -664,12 +785,52 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _model_flags(p: argparse.ArgumentParser, recorded: bool = False) -> None:
+    """``--model``, ``--prediction`` and ``--schedule`` (see :mod:`ddim_ode.cli_model`)."""
+    rec = " (default: the one recorded in --input, else {})" if recorded else " (default {})"
+    p.add_argument(
+        "--model",
+        metavar="NAME|DIR",
+        help="a built-in model by name (`ddim-ode models` lists them) or a model directory (this package's "
+        "format, a diffusers UNet or pipeline dir)" + rec.format("default"),
+    )
+    p.add_argument(
+        "--prediction",
+        choices=PREDICTIONS,
+        help="what a model directory's network predicts, replacing what its config says (a warning names it); "
+        "a built-in model's prediction is fixed" + rec.format("the model's own"),
+    )
+    p.add_argument(
+        "--schedule",
+        metavar="SPEC",
+        help="a model directory's schedule, replacing its own (not for a built-in model). SPEC: "
+        + schedule_help().replace("%", "%%"),
+    )
+
+
+def _class_flags(p: argparse.ArgumentParser, recorded: bool = False) -> None:
+    """``--class`` and ``--guidance`` of a class-conditional model (see :mod:`ddim_ode.cli_model`)."""
+    rec = " (default: the ones recorded in --input)" if recorded else ""
+    p.add_argument(
+        "--class",
+        dest="classes",
+        metavar="LIST",
+        help="class labels for a class-conditional model: 3, 0,1,2,3 or 0-9 (ranges and labels, comma-separated); "
+        "sample i gets the (i mod length)-th label" + (rec or " (default: none, the null class)"),
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        metavar="W",
+        help="classifier-free guidance weight w >= 0 with --class: out_u + w (out_c - out_u); "
+        "0 unconditional, 1 conditional" + (rec or " (default: none, the conditional model alone)"),
+    )
+
+
 def _common(p: argparse.ArgumentParser, steps: int = 20, recorded: bool = False) -> None:
     """The model, device, solver and grid options; with ``recorded``, unset ones come from the input file."""
     rec = " (default: the one recorded in --input, else {})" if recorded else " (default {})"
-    p.add_argument(
-        "--model", help="'default' (built-in), a model directory or a diffusers UNet dir" + rec.format("default")
-    )
+    _model_flags(p, recorded)
     p.add_argument("--device", default="auto", help=f"one of {DEVICES} (default auto: cuda if available)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--solver", help="solver name; see `ddim-ode solvers`" + rec.format("euler = DDIM"))
@@ -733,7 +894,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="sample digits and show a round trip with the built-in model")
     _common(p)
     p.add_argument("--out-dir", default="ddim_ode_demo", help="output folder (default ddim_ode_demo)")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, classes=None, guidance=None)
 
     p = sub.add_parser("sample", help="decode N noise samples to a PNG grid and a .npz")
     _common(p)
@@ -750,6 +911,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="samples.png",
         help="output PNG; the same name .npz gets 'samples', the noise 'latents' and how they were decoded",
     )
+    _class_flags(p)
     _sharded(p)
     add_prompt_arguments(p)
     p.set_defaults(func=cmd_sample)
@@ -762,6 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="'digits', 'digits:heldout', a .npy, a .npz (its 'images' or 'samples' array) or a PNG folder",
     )
     p.add_argument("--out", default="latents.npz", help="output .npz (default latents.npz)")
+    _class_flags(p)
     _sharded(p)
     p.set_defaults(func=cmd_encode)
 
@@ -769,6 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, recorded=True)
     p.add_argument("--input", required=True, help=".npz with a 'latents' array (as `encode` and `sample` write)")
     p.add_argument("--out", default="decoded.png", help="output PNG; the .npz of the same name gets 'samples'")
+    _class_flags(p, recorded=True)
     _mismatch_flag(p)
     p.set_defaults(func=cmd_decode)
 
@@ -777,9 +941,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default="digits:heldout", help="images, as for `encode` (default: held-out digits)")
     p.add_argument("--num", type=int, default=16, help="number of images (default 16)")
     p.add_argument("--out", default="roundtrip.png", help="output PNG (default roundtrip.png)")
+    _class_flags(p)
     p.set_defaults(func=cmd_roundtrip)
 
-    p = sub.add_parser("interpolate", help="slerp between two latents, and one latent decoded with several n")
+    p = sub.add_parser(
+        "interpolate",
+        help="slerp between two latents, and one latent decoded with several n (a class-conditional model: "
+        "its null class)",
+    )
     _common(p, recorded=True)
     p.add_argument("--input", help="interpolate between the first two latents of this .npz (default: seeded noise)")
     p.add_argument("--frames", type=int, default=9, help="frames in the strip (default 9)")
@@ -788,13 +957,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="interpolation.png", help="output PNG (default interpolation.png)")
     _mismatch_flag(p)
-    p.set_defaults(func=cmd_interpolate)
+    p.set_defaults(func=cmd_interpolate, classes=None, guidance=None)
 
     p = sub.add_parser("train", help="train a DDPM UNet (see `ddim-ode train --help`)", add_help=False)
     p.set_defaults(func=None)
 
-    p = sub.add_parser("likelihood", help="exact log-likelihood (bits/dim) of images through the ODE")
-    p.add_argument("--model", default="default", help="'default' (built-in), a model directory or a diffusers UNet dir")
+    p = sub.add_parser(
+        "likelihood",
+        help="exact log-likelihood (bits/dim) of images through the ODE (a class-conditional model: its null class)",
+    )
+    _model_flags(p)
     p.add_argument("--device", default="auto", help=f"one of {DEVICES}")
     p.add_argument("--seed", type=int, default=0, help="seed of the Hutchinson probes and dequantisation noise")
     p.add_argument("--input", default="digits:heldout", help="images, as for `encode` (default: held-out digits)")
@@ -826,6 +998,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--problems", help="accuracy only: comma-separated from ring, mixture64, model")
     p.add_argument("--grids", help="accuracy, inversion: comma-separated grids")
     p.add_argument("--nfes", type=int, nargs="+", help="accuracy only: NFE targets (overview) or budgets (comparison)")
+    p.add_argument(
+        "--model", metavar="NAME|DIR", help="roundtrip, quality, speed, consistency: a built-in model or a model dir"
+    )
     p.add_argument("--replot", metavar="JSON", help="redraw the plots and tables from a results JSON and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_bench)
@@ -853,6 +1028,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("solvers", help="list the solvers with order, NFE per step and paper")
     p.set_defaults(func=cmd_solvers)
+
+    p = sub.add_parser("models", help="list the built-in models with prediction, sample shape, classes and schedule")
+    p.set_defaults(func=cmd_models)
     return parser
 
 
@@ -885,6 +1063,13 @@ def _validate(args: argparse.Namespace) -> None:
         val = getattr(args, name, None)
         if val is not None and not (math.isfinite(val) and val > 0):
             raise CLIError(f"--{name.replace('_', '-')} must be a positive number, got {val}")
+    guidance = getattr(args, "guidance", None)
+    if guidance is not None and not (math.isfinite(guidance) and guidance >= 0):
+        raise CLIError(f"--guidance must be a number >= 0, got {guidance}")
+    if getattr(args, "classes", None) is not None:
+        parse_classes(args.classes)  # the syntax; the range is checked against the model's classes
+    if getattr(args, "schedule", None) is not None:
+        parse_schedule(args.schedule)
     sigma_min = getattr(args, "sigma_min", None)
     if sigma_min is not None and not (math.isfinite(sigma_min) and sigma_min >= 0):
         raise CLIError(f"--sigma-min must be a number >= 0, got {sigma_min}")
@@ -915,10 +1100,13 @@ def main(argv: Sequence[str] | None = None, *, choose_threads: bool = False) -> 
         return _guarded("train", lambda: train_main(argv[1:], prog="ddim-ode train"))
     args = build_parser().parse_args(argv)
     args.choose_threads = choose_threads
+    args.warnings = []
 
     def run() -> None:
         _validate(args)
         args.func(args)
+        for text in args.warnings:
+            print(f"ddim-ode {args.command}: warning: {text}", file=sys.stderr)
 
     return _guarded(args.command, run)
 

@@ -7,25 +7,31 @@ others write:
   ``roundtrip`` and ``likelihood`` read them, as they read an ``images`` array of a data set). They
   are the network's output as it is, so they may overshoot [−1, 1] a little; they are read as
   they are, whereas a data set's float images must lie in [−1, 1].
-* ``latents`` — x_T in VP scale (``encode`` writes encoded latents, ``sample`` the noise it
-  decoded; ``decode`` and ``interpolate --input`` read them).
+* ``latents`` — x_T in the model's input scale (``encode`` writes encoded latents, ``sample`` the
+  noise it decoded; ``decode`` and ``interpolate --input`` read them).
 * beside ``latents``, how to decode them (:class:`LatentFile`): ``kind`` (``"noise"`` or
   ``"encoded"``), ``solver``, ``solver_options`` (JSON), ``grid`` (its name, or ``"sigmas"`` /
   ``"timesteps"`` when given explicitly), ``steps`` (n), ``sigmas`` (the float64 decoding grid
-  actually used, ending at 0), ``model`` (``"default"`` or the model directory) and, for a reversible solver,
-  its auxiliary state as ``aux_*`` arrays (:func:`~ddim_ode.solvers.reversible.state_to_arrays`).
+  actually used, ending at 0), the model (:class:`ModelRecord`: ``model``, ``"default"``, a
+  built-in name or the model directory; ``prediction``; ``schedule``, the ``--schedule`` SPEC
+  when one replaced the model's own; ``labels``, the class label of each latent, and
+  ``guidance``, the classifier-free guidance weight, when conditioned) and, for a reversible
+  solver, its auxiliary state as ``aux_*`` arrays (:func:`~ddim_ode.solvers.reversible.state_to_arrays`).
 
 Readers (:func:`read_images`, :func:`read_latents`) raise ``ValueError`` naming the file and what
 is wrong with it; :func:`output_paths` and :func:`check_writable` tell before any work is done
 whether the outputs can be written, and :func:`write_outputs` writes a command's files together
-(each to a temporary name first, renamed only when all are written).
+(each to a temporary name first, renamed only when all are written); :func:`add_arrays` adds
+arrays to an existing ``.npz`` the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -38,11 +44,15 @@ import torch
 from torch import Tensor
 
 from ._files import TMP_MARK, atomic_path, save_npz, save_png
+from .field import PREDICTIONS
 
 __all__ = [
     "IMAGE_KEYS",
     "LATENT_KEY",
     "LatentFile",
+    "ModelRecord",
+    "add_arrays",
+    "decoding_arrays",
     "check_writable",
     "check_writable_dir",
     "output_paths",
@@ -64,6 +74,38 @@ IMAGE_KEYS = ("images", SAMPLES_KEY)
 LatentKind = Literal["noise", "encoded", "unknown"]
 
 
+@dataclass(frozen=True)
+class ModelRecord:
+    """The model that decodes a latent file, and how it is conditioned.
+
+    Attributes:
+        model: ``"default"``, a built-in name or the resolved model directory.
+        prediction: what the network predicts (as run: the model's own or ``--prediction``).
+        schedule: the ``--schedule`` SPEC that replaced the model's own schedule, else ``None``.
+        labels: the class label of each latent (``int64``, one per row), or ``None``.
+        guidance: the classifier-free guidance weight, or ``None``.
+    """
+
+    model: str
+    prediction: str | None = None
+    schedule: str | None = None
+    labels: np.ndarray | None = None
+    guidance: float | None = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The named arrays of this record in a latent file (absent settings are not written)."""
+        out = {"model": np.array(self.model)}
+        if self.prediction is not None:
+            out["prediction"] = np.array(self.prediction)
+        if self.schedule is not None:
+            out["schedule"] = np.array(self.schedule)
+        if self.labels is not None:
+            out["labels"] = np.asarray(self.labels, dtype=np.int64)
+        if self.guidance is not None:
+            out["guidance"] = np.array(self.guidance, dtype=np.float64)
+        return out
+
+
 @dataclass
 class LatentFile:
     """Latents read from a file, with what the file records about how to decode them.
@@ -75,6 +117,8 @@ class LatentFile:
             or ``"unknown"`` (a bare array).
         solver, solver_options, steps, grid, sigmas, model: the recorded settings (``None`` if
             absent; files of earlier versions record only ``solver`` and ``steps``).
+        prediction, schedule, labels, guidance: the rest of the :class:`ModelRecord` (``None``
+            if absent: the model's own prediction and schedule, no labels, no guidance).
         state_arrays: the ``aux_*`` arrays of a reversible solver's auxiliary state.
     """
 
@@ -86,6 +130,10 @@ class LatentFile:
     grid: str | None = None
     sigmas: np.ndarray | None = None
     model: str | None = None
+    prediction: str | None = None
+    schedule: str | None = None
+    labels: np.ndarray | None = None
+    guidance: float | None = None
     state_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -98,21 +146,56 @@ def latent_arrays(
     grid: str,
     steps: int,
     sigmas: np.ndarray,
-    model: str,
+    model: ModelRecord,
     state_arrays: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """The named arrays of a latents file (to pass to :func:`~ddim_ode._files.save_npz`)."""
     return {
         LATENT_KEY: latents,
+        **decoding_arrays(
+            kind=kind, solver=solver, solver_options=solver_options, grid=grid, steps=steps, sigmas=sigmas
+        ),
+        **model.arrays(),
+        **(state_arrays or {}),
+    }
+
+
+def decoding_arrays(
+    *,
+    kind: Literal["noise", "encoded"],
+    solver: str,
+    solver_options: dict[str, Any],
+    grid: str,
+    steps: int,
+    sigmas: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The named arrays of the solver settings a latent file records (without the model's)."""
+    return {
         "kind": np.array(kind),
         "solver": np.array(solver),
         "solver_options": np.array(json.dumps(solver_options, sort_keys=True)),
         "steps": np.array(steps),
         "grid": np.array(grid),
         "sigmas": np.asarray(sigmas, dtype=np.float64),
-        "model": np.array(model),
-        **(state_arrays or {}),
     }
+
+
+def add_arrays(path: Path, **arrays: np.ndarray) -> None:
+    """Add (or replace) named arrays of the ``.npz`` at ``path``, atomically.
+
+    The members of the file are copied one by one into a temporary file next to it (streamed:
+    nothing is loaded whole), followed by ``arrays``, which then replaces it.
+    """
+    names = {f"{k}.npy" for k in arrays}
+    with atomic_path(path) as tmp, zipfile.ZipFile(path) as src:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as dst:
+            for info in src.infolist():
+                if info.filename not in names:
+                    with src.open(info) as fin, dst.open(info.filename, "w", force_zip64=True) as fout:
+                        shutil.copyfileobj(fin, fout, 1 << 20)
+            for name, value in arrays.items():
+                with dst.open(f"{name}.npy", "w", force_zip64=True) as fout:
+                    np.lib.format.write_array(fout, np.asanyarray(value), allow_pickle=False)
 
 
 def _open_npz(path: Path) -> Any:
@@ -168,9 +251,33 @@ def read_latents(path: str | Path) -> LatentFile:
             out.steps = len(out.sigmas) - 1
         if "model" in arrays:
             out.model = str(arrays["model"])
+        _read_record(arrays, out)
     except (ValueError, TypeError) as err:
         raise ValueError(f"{p}: unreadable decoding settings ({err}); re-create it with `ddim-ode encode`") from None
     return out
+
+
+def _read_record(arrays: dict[str, np.ndarray], out: LatentFile) -> None:
+    """The prediction, schedule, labels and guidance of a latent file into ``out``, each checked."""
+    if "prediction" in arrays:
+        pred = str(arrays["prediction"])
+        if pred not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {pred!r}")
+        out.prediction = pred
+    if "schedule" in arrays:
+        out.schedule = str(arrays["schedule"])
+    if "labels" in arrays:
+        labels = arrays["labels"]
+        if labels.dtype.kind not in "iu" or labels.shape != (len(out.latents),) or (labels < 0).any():
+            raise ValueError(
+                f"labels must be {len(out.latents)} integers >= 0 (one per latent), got {labels.dtype} {labels.shape}"
+            )
+        out.labels = labels.astype(np.int64)
+    if "guidance" in arrays:
+        w = arrays["guidance"]
+        if w.shape != () or w.dtype.kind != "f" or not (math.isfinite(float(w)) and float(w) >= 0):
+            raise ValueError(f"guidance must be one number >= 0, got {w!r}")
+        out.guidance = float(w)
 
 
 def _check_latents(arr: np.ndarray, path: Path) -> np.ndarray:

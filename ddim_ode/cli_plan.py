@@ -5,7 +5,8 @@
 :mod:`ddim_ode.cli_io`) into a :class:`Plan`: the solver, its options converted to the types its
 constructor declares, and the decoding grid of σ values actually integrated along. Everything is
 checked here, before any work, with ``ValueError`` messages that name the flag and the allowed
-values; :func:`mismatches` says how a plan differs from a latent file's record.
+values; :func:`mismatches` says how a plan and the model that runs it differ from a latent
+file's record.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .cli_io import LatentFile
+from .cli_io import LatentFile, ModelRecord
 from .grids import GRIDS, make_grid, sigmas_from_timesteps
 from .schedules import Schedule
 from .solvers import SOLVERS, get_solver
@@ -252,8 +253,13 @@ def make_plan(
     return Plan(name, options, kind, np.asarray(sig, dtype=np.float64), n)
 
 
-def mismatches(stored: LatentFile, plan: Plan, model: str) -> list[str]:
-    """How ``plan`` (and ``model``) differ from the settings recorded with the latents."""
+def mismatches(stored: LatentFile, plan: Plan, model: ModelRecord) -> list[str]:
+    """How ``plan`` and ``model`` differ from the settings recorded with the latents.
+
+    A model, prediction or schedule is compared only when the file records it (earlier versions
+    did not); class labels and guidance are compared always (a file without them was made
+    without them).
+    """
     out = []
     if stored.solver is not None and plan.solver != stored.solver:
         out.append(f"solver {stored.solver} -> {plan.solver}")
@@ -263,9 +269,32 @@ def mismatches(stored: LatentFile, plan: Plan, model: str) -> list[str]:
         out.append(f"n {stored.steps} -> {plan.steps}")
     elif stored.sigmas is not None and not np.allclose(plan.sigmas, stored.sigmas, rtol=1e-9, atol=1e-12):
         out.append(f"grid {stored.grid} -> {plan.grid} (other sigma values)")
-    if stored.model is not None and model != stored.model:
-        out.append(f"model {stored.model} -> {model}")
+    if stored.model is not None and model.model != stored.model:
+        out.append(f"model {stored.model} -> {model.model}")
+    if stored.prediction is not None and model.prediction != stored.prediction:
+        out.append(f"prediction {stored.prediction} -> {model.prediction}")
+    if stored.model is not None and model.schedule != stored.schedule:
+        out.append(f"schedule {stored.schedule or 'of the model'} -> {model.schedule or 'of the model'}")
+    if not _same_labels(stored.labels, model.labels):
+        out.append(f"class labels {_labels_text(stored.labels)} -> {_labels_text(model.labels)}")
+    if stored.guidance != model.guidance:
+        out.append(f"guidance {_guidance_text(stored.guidance)} -> {_guidance_text(model.guidance)}")
     return out
+
+
+def _same_labels(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+
+
+def _labels_text(labels: np.ndarray | None) -> str:
+    if labels is None:
+        return "none"
+    head = ",".join(str(int(v)) for v in labels[:8])
+    return f"[{head}{',...' if len(labels) > 8 else ''}]"
+
+
+def _guidance_text(w: float | None) -> str:
+    return "none" if w is None else f"{w:g}"
 
 
 def describe_record(stored: LatentFile) -> str:
@@ -273,4 +302,6 @@ def describe_record(stored: LatentFile) -> str:
     parts = [f"solver={stored.solver}"] if stored.solver else []
     parts += [f"n={stored.steps}"] if stored.steps is not None else []
     parts += [f"grid={stored.grid}"] if stored.grid else []
+    parts += [f"class labels {_labels_text(stored.labels)}"] if stored.labels is not None else []
+    parts += [f"guidance={stored.guidance:g}"] if stored.guidance is not None else []
     return ", ".join(parts) or "unrecorded settings"

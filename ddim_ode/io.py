@@ -488,6 +488,11 @@ def load_default(device: str | torch.device | None = None) -> LoadedModel:
     return load_model(DEFAULT_MODEL_DIR, device=device)
 
 
+def builtin_models() -> dict[str, str]:
+    """The names of the built-in models (what :func:`load_any` loads by name), each with a one-line description."""
+    return {"default": "8x8 digits, unconditional UNet, eps-prediction, DDPM linear schedule (T = 1000)"}
+
+
 # ----------------------------------------------------------------------------------------------
 # plain PyTorch state dicts
 

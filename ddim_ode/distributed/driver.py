@@ -106,7 +106,8 @@ def _compute_shards(
     try:
         for g in range(0, len(mine), plan.group):
             ks = mine[g : g + plan.group]
-            sol = plan.solve(torch.cat([inputs(ranges[k][0], ranges[k][0] + size) for k in ks]), ranges[ks[0]][0])
+            starts = [ranges[k][0] for k in ks]
+            sol = plan.solve(torch.cat([inputs(start, start + size) for start in starts]), starts)
             nfe += sol.nfe
             y = sol.x.detach()
             for j, k in enumerate(ks):
@@ -179,6 +180,9 @@ def sample_to_dir(
     check_finite: bool = True,
     progress: Progress = False,
     merge: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: dict[str, Any] | None = None,
 ) -> ShardedRun:
     """Decode ``num`` samples from per-index seeded noise into shards under ``out_dir``; resumable.
 
@@ -210,6 +214,13 @@ def sample_to_dir(
         progress: ``True`` for a progress bar on rank 0, or ``callable(done, total)`` called on
             every rank after each shard it writes.
         merge: merge the shards into ``samples.npy`` (+ ``samples.png``) at the end (rank 0).
+        model_kwargs, guidance_scale, uncond_kwargs: conditioning and classifier-free guidance, as
+            for :func:`ddim_ode.decode`. A tensor whose first dimension is ``num`` is per sample:
+            sample ``i`` is conditioned on its row ``i`` whatever the shard size, the number of
+            processes or the interruptions (e.g. class labels ``{"y": labels}`` of shape
+            ``(num,)``); anything else is passed to every call as it is. Guidance without
+            ``uncond_kwargs`` needs a model with ``null_kwargs``. The manifest records a hash of
+            the keyword arguments and the weight: a resume with other ones is refused.
 
     Returns:
         A :class:`ShardedRun` describing this rank's share.
@@ -246,6 +257,9 @@ def encode_to_dir(
     check_finite: bool = True,
     progress: Progress = False,
     merge: bool = True,
+    model_kwargs: dict[str, Any] | None = None,
+    guidance_scale: float | None = None,
+    uncond_kwargs: dict[str, Any] | None = None,
 ) -> ShardedRun:
     """Encode a data set ``images`` (shape ``(N, ...)``, model scale) into latents under ``out_dir``.
 

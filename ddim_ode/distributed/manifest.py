@@ -124,6 +124,11 @@ def _options(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a JSON object (or the text of options that are not JSON), got {value!r}")
 
 
+def _finite(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
 def _hex(digits: int) -> Check:
     def check(name: str, value: Any) -> None:
         if not isinstance(value, str) or len(value) != digits or not set(value) <= set(string.hexdigits.lower()):
@@ -151,6 +156,12 @@ def _record(fields: Mapping[str, Check], optional: frozenset[str] = frozenset())
 
 
 _HASHED = _record({"class": _text, "sha256": _hex(64), "verified": _flag})
+#: the conditioning of a run (absent when unconditioned): hashes of the network's keyword arguments
+#: and the guidance weight (see :mod:`.conditioning`)
+_CONDITIONING = _record(
+    {"model_kwargs_sha256": _hex(64), "guidance_scale": _finite, "uncond_kwargs_sha256": _hex(64)},
+    frozenset({"guidance_scale", "uncond_kwargs_sha256"}),
+)
 _COMMON: dict[str, Check] = {
     "kind": _choice(*OUTPUTS),
     "dtype": _choice(*DTYPES),
@@ -165,12 +176,14 @@ _COMMON: dict[str, Check] = {
     "prediction": _choice(*PREDICTIONS),
     "model": _HASHED,
     "schedule": _HASHED,
+    "conditioning": _CONDITIONING,
 }
 _BY_KIND = {
     "sample": _record(
-        _COMMON | {"seed": _bounded(-(2**62)), "noise": _text, "solver_noise": _text}, frozenset({"solver_noise"})
+        _COMMON | {"seed": _bounded(-(2**62)), "noise": _text, "solver_noise": _text},
+        frozenset({"solver_noise", "conditioning"}),
     ),
-    "encode": _record(_COMMON | {"data_sha256": _hex(64)}),
+    "encode": _record(_COMMON | {"data_sha256": _hex(64)}, frozenset({"conditioning"})),
 }
 
 

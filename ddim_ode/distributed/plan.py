@@ -21,6 +21,7 @@ from ..models import resolve_model
 from ..schedules import Schedule
 from ..solvers import Solver, get_solver
 from ..unet import UNet
+from .conditioning import RunConditioning
 from .fingerprints import fingerprint, jsonable, sha256
 from .groups import DistInfo, dist_info, rank_device
 from .manifest import MAX_NUM, check_int, check_shape, check_shard_count
@@ -31,16 +32,27 @@ __all__ = ["RunSettings", "RunPlan", "make_plan"]
 
 class _RowBlocks(torch.nn.Module):
     """Evaluates an ε-model on consecutive blocks of ``rows`` rows, so the batch seen by the
-    network does not depend on how many shards are integrated together."""
+    network does not depend on how many shards are integrated together; the keyword arguments
+    named in ``per_sample`` are cut into the same blocks, the others passed whole."""
 
-    def __init__(self, inner: Any, rows: int) -> None:
+    def __init__(self, inner: Any, rows: int, per_sample: frozenset[str] = frozenset()) -> None:
         super().__init__()
         self.inner = inner
         self.rows = rows
+        self.per_sample = per_sample
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
         r = self.rows
-        return torch.cat([self.inner(x_t[i : i + r], t[i : i + r]) for i in range(0, x_t.shape[0], r)])
+        return torch.cat(
+            [
+                self.inner(
+                    x_t[i : i + r],
+                    t[i : i + r],
+                    **{k: v[i : i + r] if k in self.per_sample else v for k, v in kwargs.items()},
+                )
+                for i in range(0, x_t.shape[0], r)
+            ]
+        )
 
 
 class _SigmaRowBlocks(_RowBlocks):
@@ -83,6 +95,9 @@ class RunSettings:
     dtype: torch.dtype
     device: str | torch.device | None
     check_finite: bool
+    model_kwargs: dict[str, Any] | None
+    guidance_scale: float | None
+    uncond_kwargs: dict[str, Any] | None
 
     @classmethod
     def of(cls, arguments: Mapping[str, Any]) -> RunSettings:
@@ -106,6 +121,7 @@ class RunPlan:
         seed: the noise seed of a sampling run (``None`` for encoding).
         stochastic: the solver draws fresh noise (seeded per shard from ``seed``).
         solve_kwargs: the arguments of :func:`~ddim_ode.decode` / :func:`~ddim_ode.encode`.
+        conditioning: the network's keyword arguments (per sample: sliced by index) and guidance.
     """
 
     kind: str
@@ -120,14 +136,20 @@ class RunPlan:
     seed: int | None
     stochastic: bool
     solve_kwargs: dict[str, Any]
+    conditioning: RunConditioning
 
-    def solve(self, x: Tensor, start: int) -> Solution:
-        """Integrate the rows ``x`` of the shards that begin at index ``start``."""
+    def solve(self, x: Tensor, starts: Sequence[int]) -> Solution:
+        """Integrate the rows ``x`` of the shards that begin at the indices ``starts`` (in this order)."""
         options = dict(self.solve_kwargs["solver_options"])
-        if self.stochastic and self.seed is not None:
-            options["generator"] = torch.Generator(self.device).manual_seed(solver_noise_seed(self.seed, start))
+        if self.stochastic and self.seed is not None:  # one shard per call
+            options["generator"] = torch.Generator(self.device).manual_seed(solver_noise_seed(self.seed, starts[0]))
         integrate = decode if self.kind == "sample" else encode
-        return integrate(x, **(self.solve_kwargs | {"solver_options": options}), return_solution=True)  # type: ignore[no-any-return]
+        kwargs = (
+            self.solve_kwargs
+            | {"solver_options": options}
+            | self.conditioning.solve_kwargs(starts, self.shard_size, self.device)
+        )
+        return integrate(x, **kwargs, return_solution=True)  # type: ignore[no-any-return]
 
 
 def make_plan(
@@ -171,6 +193,13 @@ def make_plan(
     resolved = resolve_model(settings.model, settings.schedule, settings.prediction, dev)
     net = resolved.model.to(dev) if isinstance(resolved.model, torch.nn.Module) else resolved.model
     shp = check_shape("shape", list(shape) if shape is not None else list(_event_shape(net, resolved.metadata)))
+    conditioning = RunConditioning.make(
+        net, num, settings.model_kwargs, settings.guidance_scale, settings.uncond_kwargs
+    )
+    if isinstance(net, SigmaModel) and not conditioning.empty:
+        raise ValueError(
+            "model_kwargs and guidance need a network model(x_t, t, **kwargs); an exact SigmaModel takes none"
+        )
     sig = make_grid(resolved.schedule, grid, n)
     arguments = identity | {
         "kind": kind,
@@ -189,7 +218,12 @@ def make_plan(
     }
     if slv.stochastic and seed is not None:
         arguments["solver_noise"] = SOLVER_NOISE_RULE
-    blocks = _SigmaRowBlocks(net, shard_size) if isinstance(net, SigmaModel) else _RowBlocks(net, shard_size)
+    if not conditioning.empty:  # only then: the run ids of unconditioned runs stay as they were
+        arguments["conditioning"] = conditioning.record()
+    if isinstance(net, SigmaModel):
+        blocks: _RowBlocks = _SigmaRowBlocks(net, shard_size)
+    else:
+        blocks = _RowBlocks(net, shard_size, conditioning.per_sample)
     solve_kwargs = {
         "solver": solver,
         "n": n,
@@ -204,5 +238,17 @@ def make_plan(
     # solver call, so those solvers integrate one shard per call
     group = 1 if (slv.stochastic or slv.adaptive) else max(1, (batch_size or shard_size) // shard_size)
     return RunPlan(
-        kind, arguments, shp, shard_size, group, slv.reversible, dev, info, dtype, seed, slv.stochastic, solve_kwargs
+        kind,
+        arguments,
+        shp,
+        shard_size,
+        group,
+        slv.reversible,
+        dev,
+        info,
+        dtype,
+        seed,
+        slv.stochastic,
+        solve_kwargs,
+        conditioning,
     )
