@@ -53,6 +53,9 @@ __all__ = [
     "load_torch_state_dict",
     "load_weights_only",
     "load_any",
+    "load_builtin",
+    "builtin_models",
+    "BUILTIN_MODELS",
     "schedule_to_dict",
     "schedule_from_dict",
     "check_extra_metadata",
@@ -70,7 +73,23 @@ FORMAT = "ddim_ode.model"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "digits"
+_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: the models shipped with the package, by name: their directories (see ``docs/model.md``)
+BUILTIN_MODELS: dict[str, Path] = {
+    "digits": _WEIGHTS_DIR / "digits",
+    "digits-cond": _WEIGHTS_DIR / "digits-cond",
+    "digits-flow": _WEIGHTS_DIR / "digits-flow",
+}
+#: one line on each built-in model, for listings
+_BUILTIN_DESCRIPTIONS = {
+    "digits": "8x8 digits, unconditional UNet, eps-prediction, DDPM linear schedule (T = 1000); the default",
+    "digits-cond": "8x8 digits conditioned on the class (model_kwargs={'y': labels 0..9}, 10 = null class), "
+    "eps-prediction, DDPM linear schedule; classifier-free guidance without uncond_kwargs",
+    "digits-flow": "8x8 digits, unconditional UNet, rectified flow (prediction 'flow'), FlowSchedule(shift=1.0)",
+}
+#: the name ``"default"`` (and ``None``) stands for
+DEFAULT_MODEL = "digits"
+DEFAULT_MODEL_DIR = BUILTIN_MODELS[DEFAULT_MODEL]
 _RESERVED = ("format", "format_version", "architecture", "unet", "schedule", "prediction")
 #: diffusers' names of what a network predicts, mapped to the package's names
 DIFFUSERS_PREDICTIONS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -570,11 +589,28 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Lo
 
 
 def load_default(device: str | torch.device | None = None) -> LoadedModel:
-    """The built-in model: a small UNet trained on the 8×8 digits, DDPM linear schedule, T = 1000.
+    """The default built-in model (``"digits"``): a small UNet trained on the 8×8 digits, DDPM linear
+    schedule, T = 1000.
 
     See ``docs/model.md`` for how it was trained. Data scale: ``pixel / 16 * 2 − 1``, shape (1, 8, 8).
     """
     return load_model(DEFAULT_MODEL_DIR, device=device)
+
+
+def builtin_models() -> dict[str, str]:
+    """The names of the built-in models (:data:`BUILTIN_MODELS`), each with a one-line description."""
+    return {name: _BUILTIN_DESCRIPTIONS[name] for name in BUILTIN_MODELS}
+
+
+def load_builtin(name: str, device: str | torch.device | None = None) -> LoadedModel:
+    """A built-in model by name (``"digits"``, ``"digits-cond"``, ``"digits-flow"``; ``"default"`` is
+    ``"digits"``); ``ValueError`` naming the allowed names for any other."""
+    name = DEFAULT_MODEL if name == "default" else name
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; allowed: default, {', '.join(BUILTIN_MODELS)}")
+    loaded = load_model(BUILTIN_MODELS[name], device=device)
+    loaded.metadata["builtin"] = name
+    return loaded
 
 
 # ----------------------------------------------------------------------------------------------
@@ -802,12 +838,16 @@ def load_diffusers_unet(
 def load_any(path: str | Path | None = None, device: str | torch.device | None = None) -> LoadedModel:
     """Load a model from whatever ``path`` holds.
 
-    ``None`` or ``"default"``: the built-in model (:func:`load_default`); a directory with a
-    ddim_ode ``config.json``: :func:`load_model`; a diffusers UNet or pipeline directory:
+    ``None`` or ``"default"``: the default built-in model (:func:`load_default`); the name of a
+    built-in model (:data:`BUILTIN_MODELS`: ``"digits"``, ``"digits-cond"``, ``"digits-flow"``;
+    a name wins over a directory of the same name, which ``./digits`` reaches); a directory with
+    a ddim_ode ``config.json``: :func:`load_model`; a diffusers UNet or pipeline directory:
     :func:`load_diffusers_unet` (with its scheduler config).
     """
     if path is None or str(path) == "default":
         return load_default(device)
+    if isinstance(path, str) and path in BUILTIN_MODELS:
+        return load_builtin(path, device)
     p = Path(path)
     if p.is_dir():
         config = p / CONFIG_FILE
@@ -818,9 +858,10 @@ def load_any(path: str | Path | None = None, device: str | torch.device | None =
     elif p.is_file() and p.name in (MODEL_FILE, CONFIG_FILE):
         return load_model(p, device)
     if not p.exists():
-        raise FileNotFoundError(f"no such model: {p}")
+        raise FileNotFoundError(f"no such model: {p} (built-in names: default, {', '.join(BUILTIN_MODELS)})")
     raise ModelFormatError(
-        f"{p} is not a model this package can load; allowed: 'default', a ddim_ode model directory "
+        f"{p} is not a model this package can load; allowed: 'default', a built-in name "
+        f"({', '.join(BUILTIN_MODELS)}), a ddim_ode model directory "
         f"({MODEL_FILE} + {CONFIG_FILE}), or a diffusers UNet2DModel / pipeline directory"
     )
 
