@@ -233,12 +233,14 @@ def _data_metadata(data: Any, x: Tensor, labels: Any = None) -> dict[str, Any]:
             **labelled,
         }
     name = str(data) if isinstance(data, (str, Path)) else "in-memory array"
+    labelled = {"labels": "an integer label per image, given in memory"} if labels is not None else {}
     return {
         "name": name,
         "scaling": "see ddim_ode.data",
         "range": [-1.0, 1.0],
         "shape": shape,
         "num_images": int(x.shape[0]),
+        **labelled,
     }
 
 
@@ -352,22 +354,33 @@ def _check_options(
     return check_extra_metadata(metadata)
 
 
-def _load_labels(labels: Any, data: Any, n: int) -> Tensor | None:
-    """The class label of each of the ``n`` training images (int64), or None; ``ValueError`` if they do not fit."""
+def _check_labels(labels: Any, data: Any) -> None:
+    """What can be checked of ``labels`` before the data are read: ``None``, ``"digits"`` with
+    ``data="digits"``, or an integer array."""
     if labels is None:
-        return None
+        return
     if isinstance(labels, str):
         if labels != "digits" or not (isinstance(data, str) and data == "digits"):
             raise ValueError(
                 f"labels {labels!r}: the only named labels are 'digits', with data='digits'; "
                 "otherwise pass an integer array with one label per image"
             )
-        return load_digits_labels("train")[1].to(torch.int64)
+        return
     if not isinstance(labels, (Tensor, np.ndarray)):
         raise ValueError(f"labels must be None, 'digits' or an integer array, got {type(labels).__name__}")
     y = torch.as_tensor(labels)
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise ValueError(f"labels must be integers >= 0, got dtype {y.dtype}")
+
+
+def _load_labels(labels: Any, n: int) -> Tensor | None:
+    """The class label of each of the ``n`` training images (int64), or None; ``ValueError`` if they do not fit
+    (``labels`` has passed :func:`_check_labels`)."""
+    if labels is None:
+        return None
+    if isinstance(labels, str):
+        return load_digits_labels("train")[1].to(torch.int64)
+    y = torch.as_tensor(labels)
     if y.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), one per training image, got {tuple(y.shape)}")
     if n and int(y.min()) < 0:
@@ -381,7 +394,7 @@ def _prepare_data(
     """The training images (float32) and labels, and the architecture and schedule with their defaults,
     checked against them."""
     x = load_dataset(data).to(torch.float32)
-    y = _load_labels(labels, data, x.shape[0])
+    y = _load_labels(labels, x.shape[0])
     _, c, h, w = x.shape
     if config is None:
         classes = int(y.max()) + 1 if y is not None else 0
@@ -566,7 +579,7 @@ def _training_record(
     objective: _Objective,
 ) -> dict[str, Any]:
     """The ``training`` entry of ``config.json``: how the weights were made."""
-    conditioning = {}
+    conditioning: dict[str, Any] = {}
     if objective.labels is not None:
         conditioning = {
             "conditioning": {
@@ -672,6 +685,7 @@ def train(
     )
     extra = _check_options(config, schedule, objective, resume, progress, command, metadata)
     label_dropout = check_float("label_dropout", label_dropout, 0.0, 1.0)
+    _check_labels(labels, data)
     dev = _check_device(device)
     out = _check_out_dir(out_dir)
 

@@ -127,6 +127,11 @@ def test_train_rejects_bad_arguments(kwargs, error, match):
 
 #: arguments of train() that are refused before anything is created, loaded or built
 BAD_ARGUMENTS = {
+    "objective": ({"objective": "v"}, r"^unknown objective 'v'; allowed: eps, flow$"),
+    "label-dropout": ({"label_dropout": -0.1}, r"^label_dropout must be a finite number in \[0, 1\], got -0\.1$"),
+    "labels-a-list": ({"labels": [0, 1]}, r"^labels must be None, 'digits' or an integer array, got list$"),
+    "labels-float": ({"labels": np.zeros(32)}, r"^labels must be integers >= 0, got dtype torch\.float64$"),
+    "labels-named": ({"labels": "mnist"}, r"^labels 'mnist': the only named labels are 'digits', with data='digits'"),
     "steps-negative": ({"steps": -5}, r"^steps must be an integer >= 1, got -5$"),
     "steps-float": ({"steps": 2.5}, r"^steps must be an integer >= 1, got 2\.5$"),
     "steps-bool": ({"steps": True}, r"^steps must be an integer >= 1, got True$"),
