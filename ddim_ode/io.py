@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from ._files import atomic_write, read_json, write_json
 from .field import PREDICTIONS
-from .ranges import check_float, check_float_list, check_int
-from .schedules import CosineVPSchedule, DiscreteSchedule, LinearVPSchedule, Schedule
+from .ranges import check_bool, check_float, check_float_list, check_int
+from .schedules import CosineVPSchedule, DiscreteSchedule, FlowSchedule, LinearVPSchedule, Schedule, VESchedule
 from .unet import UNet, UNetConfig
 
 __all__ = [
@@ -53,6 +53,9 @@ __all__ = [
     "load_torch_state_dict",
     "load_weights_only",
     "load_any",
+    "load_builtin",
+    "builtin_models",
+    "BUILTIN_MODELS",
     "schedule_to_dict",
     "schedule_from_dict",
     "check_extra_metadata",
@@ -60,13 +63,33 @@ __all__ = [
     "MAX_TIMESTEPS",
     "MAX_COSINE_S",
     "MAX_CONTINUOUS_BETA",
+    "MAX_FLOW_SHIFT",
+    "MAX_FLOW_MU",
+    "MAX_IMAGE_SEQ_LEN",
+    "MAX_VE_SIGMA",
 ]
 
 FORMAT = "ddim_ode.model"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "weights" / "digits"
+_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: the models shipped with the package, by name: their directories (see ``docs/model.md``)
+BUILTIN_MODELS: dict[str, Path] = {
+    "digits": _WEIGHTS_DIR / "digits",
+    "digits-cond": _WEIGHTS_DIR / "digits-cond",
+    "digits-flow": _WEIGHTS_DIR / "digits-flow",
+}
+#: one line on each built-in model, for listings
+_BUILTIN_DESCRIPTIONS = {
+    "digits": "8x8 digits, unconditional UNet, eps-prediction, DDPM linear schedule (T = 1000); the default",
+    "digits-cond": "8x8 digits conditioned on the class (model_kwargs={'y': labels 0..9}, 10 = null class), "
+    "eps-prediction, DDPM linear schedule; classifier-free guidance without uncond_kwargs",
+    "digits-flow": "8x8 digits, unconditional UNet, rectified flow (prediction 'flow'), FlowSchedule(shift=1.0)",
+}
+#: the name ``"default"`` (and ``None``) stands for
+DEFAULT_MODEL = "digits"
+DEFAULT_MODEL_DIR = BUILTIN_MODELS[DEFAULT_MODEL]
 _RESERVED = ("format", "format_version", "architecture", "unet", "schedule", "prediction")
 
 #: bounds of a schedule description: timesteps of a discrete schedule (also the length of a
@@ -75,6 +98,27 @@ _RESERVED = ("format", "format_version", "architecture", "unet", "schedule", "pr
 MAX_TIMESTEPS = 100_000
 MAX_COSINE_S = 1.0
 MAX_CONTINUOUS_BETA = 100.0
+#: bounds of a flow description: the static ``shift``, the dynamic shift's ``mu``, ``base_shift`` and
+#: ``max_shift`` (e^μ must stay a finite float), the image sequence lengths; and the σ of a VE description
+MAX_FLOW_SHIFT = 1000.0
+MAX_FLOW_MU = 10.0
+MAX_IMAGE_SEQ_LEN = 2**24
+MAX_VE_SIGMA = 1e6
+#: the entries of a ``"flow"`` description (all optional), the arguments of FlowSchedule; those of a ``"ve"`` one
+_FLOW_ENTRIES = (
+    "shift",
+    "num_train_timesteps",
+    "use_dynamic_shifting",
+    "base_shift",
+    "max_shift",
+    "base_image_seq_len",
+    "max_image_seq_len",
+    "time_shift_type",
+    "mu",
+    "timestep_scale",
+)
+_VE_ENTRIES = ("sigma_min", "sigma_max")
+TIME_SHIFT_TYPES = ("exponential", "linear")
 
 #: the entries of each schedule description, after ``type`` and ``kind``
 _SCHEDULE_ENTRIES = {
@@ -131,16 +175,61 @@ def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
             if torch.allclose(other.alphas_cumprod, ab, rtol=1e-10, atol=0.0):
                 return spec
         return {"type": "discrete", "kind": "alphas_cumprod", "alphas_cumprod": [float(a) for a in ab]}
+    if isinstance(schedule, FlowSchedule):
+        return {"type": "flow", **{key: getattr(schedule, key) for key in _FLOW_ENTRIES}}
+    if isinstance(schedule, VESchedule):
+        return {"type": "ve", "sigma_min": schedule.t_min, "sigma_max": schedule.t_max}
     if isinstance(schedule, LinearVPSchedule):
         kind, shape = "linear", {"beta_min": schedule.beta_min, "beta_max": schedule.beta_max}
     elif isinstance(schedule, CosineVPSchedule):
         kind, shape = "cosine", {"s": schedule.s}
     else:
         raise TypeError(
-            f"cannot describe a {type(schedule).__name__} in JSON; "
-            "supported: DiscreteSchedule, LinearVPSchedule, CosineVPSchedule"
+            f"cannot describe a {type(schedule).__name__} in JSON; supported: DiscreteSchedule, LinearVPSchedule, "
+            "CosineVPSchedule, FlowSchedule, VESchedule"
         )
     return {"type": "continuous", "kind": kind, **shape, "t_min": schedule.t_min, "t_max": schedule.t_max}
+
+
+def _check_entries(spec: Mapping[str, Any], what: str, names: tuple[str, ...], required: tuple[str, ...]) -> None:
+    """``ValueError`` naming the first entry of ``spec`` not in ``type`` + ``names``, or the first missing one."""
+    unknown = sorted(set(spec) - {"type", *names}, key=str)
+    if unknown:
+        raise ValueError(f"unknown entries {unknown} in a {what}; allowed: type, {', '.join(names)}")
+    missing = [k for k in required if k not in spec]
+    if missing:
+        raise ValueError(f"a {what} lacks the entry {missing[0]!r}")
+
+
+def _check_flow_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :class:`FlowSchedule` in a ``"flow"`` description, each checked; absent ones
+    take the class's defaults."""
+    _check_entries(spec, "flow schedule", _FLOW_ENTRIES, ())
+    checks: dict[str, Any] = {
+        "shift": lambda v: check_float("schedule.shift", v, 0.0, MAX_FLOW_SHIFT, low_open=True),
+        "num_train_timesteps": lambda v: check_int("schedule.num_train_timesteps", v, 2, MAX_TIMESTEPS),
+        "use_dynamic_shifting": lambda v: check_bool("schedule.use_dynamic_shifting", v),
+        "base_shift": lambda v: check_float("schedule.base_shift", v, -MAX_FLOW_MU, MAX_FLOW_MU),
+        "max_shift": lambda v: check_float("schedule.max_shift", v, -MAX_FLOW_MU, MAX_FLOW_MU),
+        "base_image_seq_len": lambda v: check_int("schedule.base_image_seq_len", v, 1, MAX_IMAGE_SEQ_LEN),
+        "max_image_seq_len": lambda v: check_int("schedule.max_image_seq_len", v, 2, MAX_IMAGE_SEQ_LEN),
+        "time_shift_type": lambda v: _check_choice("schedule.time_shift_type", v, TIME_SHIFT_TYPES),
+        "mu": lambda v: None if v is None else check_float("schedule.mu", v, -MAX_FLOW_MU, MAX_FLOW_MU),
+        "timestep_scale": lambda v: check_float("schedule.timestep_scale", v, 0.0, MAX_TIMESTEPS, low_open=True),
+    }
+    return {key: checks[key](spec[key]) for key in _FLOW_ENTRIES if key in spec}
+
+
+def _check_ve_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``sigma_min`` and ``sigma_max`` of a ``"ve"`` description, each in (0, :data:`MAX_VE_SIGMA`]."""
+    _check_entries(spec, "ve schedule", _VE_ENTRIES, _VE_ENTRIES)
+    return {key: check_float(f"schedule.{key}", spec[key], 0.0, MAX_VE_SIGMA, low_open=True) for key in _VE_ENTRIES}
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {reprlib.repr(value)}")
+    return value
 
 
 def _check_schedule_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
@@ -152,8 +241,13 @@ def _check_schedule_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
     if not isinstance(spec, Mapping):
         raise ValueError(f"a schedule is described by an object with 'type' and 'kind', got {reprlib.repr(spec)}")
     typ = spec.get("type", "discrete")
+    if typ == "flow":
+        return typ, "", _check_flow_spec(spec)
+    if typ == "ve":
+        return typ, "", _check_ve_spec(spec)
     if not isinstance(typ, str) or typ not in _SCHEDULE_ENTRIES:
-        raise ValueError(f"unknown schedule type {reprlib.repr(typ)}; allowed: {', '.join(_SCHEDULE_ENTRIES)}")
+        allowed = ", ".join([*_SCHEDULE_ENTRIES, "flow", "ve"])
+        raise ValueError(f"unknown schedule type {reprlib.repr(typ)}; allowed: {allowed}")
     kinds = _SCHEDULE_ENTRIES[typ]
     kind = spec.get("kind")
     if not isinstance(kind, str) or kind not in kinds:
@@ -194,6 +288,10 @@ def _check_schedule_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
 def _build_schedule(typ: str, kind: str, entries: Mapping[str, Any]) -> Schedule:
     """The schedule of a description checked by :func:`_check_schedule_spec`."""
     e = dict(entries)
+    if typ == "flow":
+        return FlowSchedule(**e)
+    if typ == "ve":
+        return VESchedule(**e)
     if typ == "continuous":
         return LinearVPSchedule(**e) if kind == "linear" else CosineVPSchedule(**e)
     if kind == "linear":
@@ -219,6 +317,13 @@ def schedule_from_dict(spec: Mapping[str, Any]) -> Schedule:
     decreasing); ``num_timesteps`` and the list lengths lie in [2, :data:`MAX_TIMESTEPS`].
     Continuous kinds: ``linear`` (``beta_min`` < ``beta_max`` in (0, :data:`MAX_CONTINUOUS_BETA`],
     optional ``t_min``, ``t_max`` in [0, 1]), ``cosine`` (optional ``s``, ``t_min``, ``t_max`` < 1).
+    Type ``"flow"`` (no kind): the arguments of :class:`~ddim_ode.schedules.FlowSchedule`, each
+    optional with the class's default: ``shift`` in (0, :data:`MAX_FLOW_SHIFT`],
+    ``num_train_timesteps`` in [2, :data:`MAX_TIMESTEPS`], ``use_dynamic_shifting`` (bool),
+    ``base_shift``, ``max_shift`` and ``mu`` (or null) in [−:data:`MAX_FLOW_MU`, :data:`MAX_FLOW_MU`],
+    ``base_image_seq_len`` < ``max_image_seq_len`` in [1, :data:`MAX_IMAGE_SEQ_LEN`],
+    ``time_shift_type`` (``"exponential"`` or ``"linear"``), ``timestep_scale`` in (0, :data:`MAX_TIMESTEPS`].
+    Type ``"ve"`` (no kind): ``sigma_min`` < ``sigma_max`` in (0, :data:`MAX_VE_SIGMA`].
     Every number must be finite; anything else raises ``ValueError`` naming the entry and its
     range, before anything is allocated.
     """
@@ -481,7 +586,8 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> Lo
 
 
 def load_default(device: str | torch.device | None = None) -> LoadedModel:
-    """The built-in model: a small UNet trained on the 8×8 digits, DDPM linear schedule, T = 1000.
+    """The default built-in model (``"digits"``): a small UNet trained on the 8×8 digits, DDPM linear
+    schedule, T = 1000.
 
     See ``docs/model.md`` for how it was trained. Data scale: ``pixel / 16 * 2 − 1``, shape (1, 8, 8).
     """
@@ -489,8 +595,19 @@ def load_default(device: str | torch.device | None = None) -> LoadedModel:
 
 
 def builtin_models() -> dict[str, str]:
-    """The names of the built-in models (what :func:`load_any` loads by name), each with a one-line description."""
-    return {"default": "8x8 digits, unconditional UNet, eps-prediction, DDPM linear schedule (T = 1000)"}
+    """The names of the built-in models (:data:`BUILTIN_MODELS`), each with a one-line description."""
+    return {name: _BUILTIN_DESCRIPTIONS[name] for name in BUILTIN_MODELS}
+
+
+def load_builtin(name: str, device: str | torch.device | None = None) -> LoadedModel:
+    """A built-in model by name (``"digits"``, ``"digits-cond"``, ``"digits-flow"``; ``"default"`` is
+    ``"digits"``); ``ValueError`` naming the allowed names for any other."""
+    name = DEFAULT_MODEL if name == "default" else name
+    if name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown built-in model {name!r}; allowed: default, {', '.join(BUILTIN_MODELS)}")
+    loaded = load_model(BUILTIN_MODELS[name], device=device)
+    loaded.metadata["builtin"] = name
+    return loaded
 
 
 # ----------------------------------------------------------------------------------------------
@@ -763,12 +880,16 @@ def load_diffusers_unet(
 def load_any(path: str | Path | None = None, device: str | torch.device | None = None) -> LoadedModel:
     """Load a model from whatever ``path`` holds.
 
-    ``None`` or ``"default"``: the built-in model (:func:`load_default`); a directory with a
-    ddim_ode ``config.json``: :func:`load_model`; a diffusers network or pipeline directory (a
+    ``None`` or ``"default"``: the default built-in model (:func:`load_default`); the name of a
+    built-in model (:data:`BUILTIN_MODELS`: ``"digits"``, ``"digits-cond"``, ``"digits-flow"``;
+    a name wins over a directory of the same name, which ``./digits`` reaches); a directory with
+    a ddim_ode ``config.json``: :func:`load_model`; a diffusers network or pipeline directory (a
     ``unet/`` or ``transformer/`` folder): :func:`load_diffusers_unet` (with its scheduler config).
     """
     if path is None or str(path) == "default":
         return load_default(device)
+    if isinstance(path, str) and path in BUILTIN_MODELS:
+        return load_builtin(path, device)
     p = Path(path)
     if p.is_dir():
         config = p / CONFIG_FILE
@@ -779,9 +900,10 @@ def load_any(path: str | Path | None = None, device: str | torch.device | None =
     elif p.is_file() and p.name in (MODEL_FILE, CONFIG_FILE):
         return load_model(p, device)
     if not p.exists():
-        raise FileNotFoundError(f"no such model: {p}")
+        raise FileNotFoundError(f"no such model: {p} (built-in names: default, {', '.join(BUILTIN_MODELS)})")
     raise ModelFormatError(
-        f"{p} is not a model this package can load; allowed: 'default', a ddim_ode model directory "
+        f"{p} is not a model this package can load; allowed: 'default', a built-in name "
+        f"({', '.join(BUILTIN_MODELS)}), a ddim_ode model directory "
         f"({MODEL_FILE} + {CONFIG_FILE}), or a diffusers network ({', '.join(DIFFUSERS_NETWORKS)}) / pipeline "
         "directory"
     )

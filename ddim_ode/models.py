@@ -1,8 +1,9 @@
 """One resolver turns whatever a caller names as "the model" into what the field needs.
 
-:func:`resolve_model` is the only place that decides what ``model=None``, a built-in name, a
-model directory, an ``nn.Module``, a plain callable or an exact oracle means; the driver, the
-likelihood, the sharded sampler, the studies and the command line all call it.
+:func:`resolve_model` is the only place that decides what ``model=None``, a built-in name
+(``"digits"``, ``"digits-cond"``, ``"digits-flow"``), a model directory, an ``nn.Module``, a plain
+callable or an exact oracle means; the driver, the likelihood, the sharded sampler, the studies
+and the command line all call it.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ def resolve_model(
     """What ``model`` names, with its schedule and prediction type.
 
     Args:
-        model: ``None`` or ``"default"`` (the built-in model), a model directory (the package's
-            format or a diffusers UNet / pipeline directory), an ``nn.Module`` or callable
-            ``model(x_t, t)``, or an exact oracle (:mod:`ddim_ode.analytic`).
+        model: ``None`` or ``"default"`` (the default built-in model), the name of a built-in
+            model (``"digits"``, ``"digits-cond"``, ``"digits-flow"``: :data:`ddim_ode.io.BUILTIN_MODELS`),
+            a model directory (the package's format or a diffusers UNet / pipeline directory), an
+            ``nn.Module`` or callable ``model(x_t, t, **model_kwargs)``, or an exact oracle
+            (:mod:`ddim_ode.analytic`).
         schedule: required with a model object; must be omitted with a name or directory (a
             loaded model brings the schedule it was trained with).
         prediction: what the network predicts; ``None`` takes the loaded model's own (``eps`` for

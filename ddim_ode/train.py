@@ -1,9 +1,26 @@
-"""Training an ε-network with the DDPM objective (Ho, Jain & Abbeel 2020, Algorithm 1).
+"""Training a UNet with the DDPM objective (Ho, Jain & Abbeel 2020, Algorithm 1) or rectified flow.
 
-Each step draws a batch ``x0`` of training images, integer timesteps ``t ~ U{0, …, T−1}`` and
-noise ``ε ~ N(0, I)``, forms ``x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε`` and minimises ``‖ε_θ(x_t, t) − ε‖²``
-with AdamW (linear warm-up of the learning rate, then constant), gradient-norm clipping and an
+Objectives (``objective=``):
+
+* ``"eps"`` (DDPM): each step draws a batch ``x0`` of training images, integer timesteps
+  ``t ~ U{0, …, T−1}`` of a :class:`~ddim_ode.schedules.DiscreteSchedule` and noise
+  ``ε ~ N(0, I)``, forms ``x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε`` and minimises ``‖ε_θ(x_t, t) − ε‖²``.
+  The saved model predicts ``"eps"``.
+* ``"flow"`` (rectified flow / flow matching; Liu, Gong & Liu 2023, Lipman et al. 2023): each step
+  draws ``x0``, a time ``τ ~ U(0, 1)`` per sample and ``ε``, forms ``x_τ = (1 − τ) x0 + τ ε`` and
+  minimises ``‖v_θ(x_τ, τ·timestep_scale) − (ε − x0)‖²`` on a
+  :class:`~ddim_ode.schedules.FlowSchedule`. τ is uniform (the original rectified flow), not
+  SD3's logit-normal (Esser et al. 2024): on 8×8 images the extremes of τ are as informative as the
+  middle, and a sampler from pure noise (τ = 1) needs the network there. The saved model predicts
+  ``"flow"``.
+
+Both use AdamW (linear warm-up of the learning rate, then constant), gradient-norm clipping and an
 exponential moving average (EMA) of the weights, which is the model that is returned and saved.
+
+**Class conditioning** (``labels=``, a label per training image, with a class-conditional
+:class:`~ddim_ode.unet.UNetConfig`): every step replaces each label of the batch by the null class
+with probability ``label_dropout`` (:func:`drop_labels`), so the one network learns the conditional
+and the unconditional model that classifier-free guidance combines (Ho & Salimans 2022).
 
 Everything random (initialisation, batches, timesteps, noise) comes from one seeded
 ``torch.Generator``; the global RNG is only used by dropout, inside a forked and seeded RNG scope,
@@ -17,6 +34,8 @@ directory is checked to be writable before any data are loaded or any network is
 Reproduce the shipped model with::
 
     OMP_NUM_THREADS=1 python -m ddim_ode.train --preset digits --out-dir ddim_ode/weights/digits --threads 1
+
+and the other built-in models with ``--preset digits-cond`` and ``--preset digits-flow`` (see ``docs/model.md``).
 """
 
 from __future__ import annotations
@@ -41,15 +60,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._files import TMP_MARK, atomic_write
-from .data import DIGITS_HELDOUT, DIGITS_SCALING, check_source, load_dataset
+from .data import DIGITS_HELDOUT, DIGITS_SCALING, check_source, load_dataset, load_digits_labels
 from .io import check_extra_metadata, load_weights_only, save_model, schedule_from_dict, schedule_to_dict
 from .ranges import check_bool, check_float, check_int
-from .schedules import DiscreteSchedule, Schedule
+from .schedules import DiscreteSchedule, FlowSchedule, Schedule
 from .unet import UNet, UNetConfig
 
 __all__ = [
     "train",
+    "drop_labels",
     "TrainResult",
+    "OBJECTIVES",
     "PRESETS",
     "CHECKPOINT_FILE",
     "LOSS_PLOT_FILE",
@@ -65,6 +86,17 @@ LOSS_PLOT_FILE = "loss.png"
 MAX_BATCH_SIZE = 65536
 MAX_THREADS = 1024
 _MAX_SEED = 2**63 - 1
+#: the training objectives: DDPM ε-prediction, rectified-flow velocity
+OBJECTIVES = ("eps", "flow")
+#: what each objective's network predicts (the ``prediction`` of the saved model) and its loss, for the records
+_OBJECTIVE_RECORD = {
+    "eps": ("DDPM epsilon-prediction MSE (Ho et al. 2020)", "MSE(ε̂, ε)"),
+    "flow": (
+        "rectified-flow velocity MSE: target eps - x0 at x_tau = (1 - tau) x0 + tau eps, tau ~ U(0, 1) "
+        "(Liu et al. 2023; Lipman et al. 2023)",
+        "MSE(v̂, ε − x0)",
+    ),
+}
 
 
 @dataclass
@@ -89,7 +121,7 @@ class TrainResult:
     wall_time_s: float
     final_loss: float
     out_dir: Path | None = None
-    schedule: DiscreteSchedule | None = field(default=None, repr=False)
+    schedule: Schedule | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -186,9 +218,10 @@ class _Run:
         self.step, self.wall_before, self.rng_state = int(ckpt["step"]), float(ckpt["wall_time_s"]), ckpt["rng"]
 
 
-def _data_metadata(data: Any, x: Tensor) -> dict[str, Any]:
+def _data_metadata(data: Any, x: Tensor, labels: Any = None) -> dict[str, Any]:
     shape = list(x.shape[1:])
     if isinstance(data, str) and data == "digits":
+        labelled = {"labels": "the digit shown, 0..9 (sklearn target)"} if labels is not None else {}
         return {
             "name": "digits",
             "source": "sklearn.datasets.load_digits",
@@ -197,14 +230,17 @@ def _data_metadata(data: Any, x: Tensor) -> dict[str, Any]:
             "range": [-1.0, 1.0],
             "shape": shape,
             "num_images": int(x.shape[0]),
+            **labelled,
         }
     name = str(data) if isinstance(data, (str, Path)) else "in-memory array"
+    labelled = {"labels": "an integer label per image, given in memory"} if labels is not None else {}
     return {
         "name": name,
         "scaling": "see ddim_ode.data",
         "range": [-1.0, 1.0],
         "shape": shape,
         "num_images": int(x.shape[0]),
+        **labelled,
     }
 
 
@@ -232,7 +268,9 @@ def _global_rng_state(device: torch.device) -> dict[str, Tensor]:
     return state
 
 
-def save_loss_plot(losses: Sequence[float], path: str | Path, title: str = "DDPM training loss") -> Path:
+def save_loss_plot(
+    losses: Sequence[float], path: str | Path, title: str = "DDPM training loss", ylabel: str = "MSE(ε̂, ε)"
+) -> Path:
     """Write a PNG of the per-step loss and its moving average (matplotlib Agg; atomic write)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -249,7 +287,7 @@ def save_loss_plot(losses: Sequence[float], path: str | Path, title: str = "DDPM
         ax.plot(steps[window - 1 :], smooth, lw=1.5, color="C1", label=f"mean of {window} steps")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("MSE(ε̂, ε)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="upper right")
@@ -295,13 +333,20 @@ def _check_out_dir(out_dir: Any) -> Path | None:
 
 
 def _check_options(
-    config: Any, schedule: Any, resume: Any, progress: Any, command: Any, metadata: Any
+    config: Any, schedule: Any, objective: Any, resume: Any, progress: Any, command: Any, metadata: Any
 ) -> dict[str, Any]:
     """Check train()'s other arguments; returns the extra ``config.json`` entries."""
     if config is not None and not isinstance(config, UNetConfig):
         raise TypeError(f"config must be a UNetConfig or None, got {type(config).__name__}")
-    if schedule is not None and not isinstance(schedule, DiscreteSchedule):
-        raise TypeError(f"training needs a DiscreteSchedule (integer timesteps), got {type(schedule).__name__}")
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {reprlib.repr(objective)}; allowed: {', '.join(OBJECTIVES)}")
+    if objective == "eps" and schedule is not None and not isinstance(schedule, DiscreteSchedule):
+        raise TypeError(
+            f"the eps objective trains on a DiscreteSchedule (integer timesteps), got {type(schedule).__name__}; "
+            "a FlowSchedule goes with objective='flow'"
+        )
+    if objective == "flow" and schedule is not None and not isinstance(schedule, FlowSchedule):
+        raise TypeError(f"the flow objective trains on a FlowSchedule, got {type(schedule).__name__}")
     check_bool("resume", resume)
     check_bool("progress", progress)
     if command is not None and not isinstance(command, str):
@@ -309,14 +354,60 @@ def _check_options(
     return check_extra_metadata(metadata)
 
 
+def _check_labels(labels: Any, data: Any) -> None:
+    """What can be checked of ``labels`` before the data are read: ``None``, ``"digits"`` with
+    ``data="digits"``, or an integer array."""
+    if labels is None:
+        return
+    if isinstance(labels, str):
+        if labels != "digits" or not (isinstance(data, str) and data == "digits"):
+            raise ValueError(
+                f"labels {labels!r}: the only named labels are 'digits', with data='digits'; "
+                "otherwise pass an integer array with one label per image"
+            )
+        return
+    if not isinstance(labels, (Tensor, np.ndarray)):
+        raise ValueError(f"labels must be None, 'digits' or an integer array, got {type(labels).__name__}")
+    y = torch.as_tensor(labels)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels must be integers >= 0, got dtype {y.dtype}")
+
+
+def _load_labels(labels: Any, n: int) -> Tensor | None:
+    """The class label of each of the ``n`` training images (int64), or None; ``ValueError`` if they do not fit
+    (``labels`` has passed :func:`_check_labels`)."""
+    if labels is None:
+        return None
+    if isinstance(labels, str):
+        return load_digits_labels("train")[1].to(torch.int64)
+    y = torch.as_tensor(labels)
+    if y.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), one per training image, got {tuple(y.shape)}")
+    if n and int(y.min()) < 0:
+        raise ValueError(f"labels must be integers >= 0, got a minimum of {int(y.min())}")
+    return y.to(torch.int64)
+
+
 def _prepare_data(
-    data: Any, config: UNetConfig | None, schedule: DiscreteSchedule | None
-) -> tuple[Tensor, UNetConfig, DiscreteSchedule]:
-    """The training images (float32), and the architecture and schedule with their defaults, checked against them."""
+    data: Any, labels: Any, config: UNetConfig | None, schedule: Schedule | None, objective: str
+) -> tuple[Tensor, Tensor | None, UNetConfig, Schedule]:
+    """The training images (float32) and labels, and the architecture and schedule with their defaults,
+    checked against them."""
     x = load_dataset(data).to(torch.float32)
+    y = _load_labels(labels, x.shape[0])
     _, c, h, w = x.shape
     if config is None:
-        config = UNetConfig(in_channels=c, out_channels=c, resolution=h)
+        classes = int(y.max()) + 1 if y is not None else 0
+        config = UNetConfig(in_channels=c, out_channels=c, resolution=h, num_classes=classes)
+    if y is not None and not config.num_classes:
+        raise ValueError("labels given for an unconditional config (num_classes=0); set config.num_classes")
+    if y is None and config.num_classes:
+        raise ValueError(f"config.num_classes={config.num_classes} needs labels, one per training image")
+    if y is not None and int(y.max()) >= config.num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {config.num_classes - 1}] for config.num_classes={config.num_classes} "
+            f"(label {config.num_classes} is the null class), got a maximum of {int(y.max())}"
+        )
     if config.in_channels != c or config.out_channels != c:
         raise ValueError(
             f"the data have {c} channels but config has in_channels={config.in_channels}, "
@@ -327,7 +418,9 @@ def _prepare_data(
             f"the data are {h}x{w} images but config.resolution={config.resolution}; "
             "square images of that side are required"
         )
-    return x, config, schedule if schedule is not None else DiscreteSchedule.linear(1e-4, 0.02, 1000)
+    if schedule is None:
+        schedule = FlowSchedule() if objective == "flow" else DiscreteSchedule.linear(1e-4, 0.02, 1000)
+    return x, y, config, schedule
 
 
 def _resume(run: _Run, path: Path, identity: Mapping[str, Any]) -> None:
@@ -345,6 +438,12 @@ def _resume(run: _Run, path: Path, identity: Mapping[str, Any]) -> None:
             f"{path} was written for another schedule ({reprlib.repr(ckpt.get('schedule'))}); "
             "use another out_dir or resume=False"
         )
+    for key in ("objective", "conditioning"):
+        if ckpt.get(key) != identity.get(key):
+            raise ValueError(
+                f"{path} was written for another {key} ({reprlib.repr(ckpt.get(key))}, not "
+                f"{reprlib.repr(identity.get(key))}); use another out_dir or resume=False"
+            )
     try:
         run.load_state_dict(ckpt)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
@@ -359,18 +458,68 @@ def _write_checkpoint(path: Path, run: _Run, wall: float, device: torch.device, 
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _ddpm_step(
-    run: _Run, x: Tensor, sqrt_ab: Tensor, sqrt_1m_ab: Tensor, hp: _Hyperparameters, dev: torch.device
-) -> float:
-    """One optimisation step of the DDPM loss (batch, timesteps and noise from the run's generator)."""
-    n, c, h, w = x.shape
-    idx = torch.randint(n, (hp.batch_size,), generator=run.gen)
-    t = torch.randint(sqrt_ab.numel(), (hp.batch_size,), generator=run.gen)
-    eps = torch.randn((hp.batch_size, c, h, w), generator=run.gen)
-    x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x[idx] + sqrt_1m_ab[t].view(-1, 1, 1, 1) * eps
+def drop_labels(y: Tensor, p: float, null_class: int, generator: torch.Generator) -> Tensor:
+    """``y`` with each label replaced by ``null_class`` with probability ``p`` (one uniform draw per label
+    from ``generator``): the label dropout of classifier-free guidance training (Ho & Salimans 2022)."""
+    drop = torch.rand(y.shape, generator=generator) < p
+    return torch.where(drop, torch.full_like(y, null_class), y)
+
+
+@dataclass(frozen=True)
+class _Objective:
+    """What a step trains: the DDPM or flow objective on its schedule, with labels and their dropout or without."""
+
+    kind: str
+    schedule: Schedule
+    labels: Tensor | None = None
+    label_dropout: float = 0.0
+    null_class: int = 0
+    #: √ᾱ_t and √(1 − ᾱ_t) of every timestep (float32), for the DDPM objective
+    sqrt_ab: Tensor | None = field(default=None, repr=False)
+    sqrt_1m_ab: Tensor | None = field(default=None, repr=False)
+
+    @classmethod
+    def make(
+        cls, kind: str, schedule: Schedule, labels: Tensor | None, label_dropout: float, null_class: int
+    ) -> _Objective:
+        if isinstance(schedule, DiscreteSchedule):
+            ab = schedule.alphas_cumprod
+            sqrt_ab, sqrt_1m_ab = ab.sqrt().to(torch.float32), (1.0 - ab).sqrt().to(torch.float32)
+            return cls(kind, schedule, labels, label_dropout, null_class, sqrt_ab, sqrt_1m_ab)
+        return cls(kind, schedule, labels, label_dropout, null_class)
+
+    def batch(self, x: Tensor, gen: torch.Generator, batch_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """``(x_t, t, target, y)`` of one step, everything drawn from ``gen``: images, time, noise, then the
+        label dropout (in this order, so an unconditional DDPM run draws what it always drew)."""
+        n, c, h, w = x.shape
+        idx = torch.randint(n, (batch_size,), generator=gen)
+        if self.sqrt_ab is not None and self.sqrt_1m_ab is not None:  # DDPM
+            t = torch.randint(self.sqrt_ab.numel(), (batch_size,), generator=gen)
+            eps = torch.randn((batch_size, c, h, w), generator=gen)
+            x_t = self.sqrt_ab[t].view(-1, 1, 1, 1) * x[idx] + self.sqrt_1m_ab[t].view(-1, 1, 1, 1) * eps
+            t_in, target = t.to(torch.float32), eps
+        else:  # rectified flow on a FlowSchedule
+            tau = torch.rand((batch_size,), generator=gen)
+            eps = torch.randn((batch_size, c, h, w), generator=gen)
+            tau4 = tau.view(-1, 1, 1, 1)
+            x_t = (1.0 - tau4) * x[idx] + tau4 * eps
+            t_in, target = tau * float(self.schedule.timestep_scale), eps - x[idx]
+        y = None
+        if self.labels is not None:
+            y = drop_labels(self.labels[idx], self.label_dropout, self.null_class, gen)
+        return x_t, t_in, target, y
+
+
+def _train_step(run: _Run, x: Tensor, objective: _Objective, hp: _Hyperparameters, dev: torch.device) -> float:
+    """One optimisation step of the objective's loss (batch, time, noise and label dropout from the run's generator)."""
+    x_t, t, target, y = objective.batch(x, run.gen, hp.batch_size)
     for group in run.opt.param_groups:
         group["lr"] = hp.lr_at(run.step)
-    loss = F.mse_loss(run.model(x_t.to(dev), t.to(dev, torch.float32)), eps.to(dev))
+    if y is None:
+        out = run.model(x_t.to(dev), t.to(dev))
+    else:
+        out = run.model(x_t.to(dev), t.to(dev), y.to(dev))
+    loss = F.mse_loss(out, target.to(dev))
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     if hp.grad_clip > 0:
@@ -388,7 +537,7 @@ def _ddpm_step(
 def _optimise(
     run: _Run,
     x: Tensor,
-    schedule: DiscreteSchedule,
+    objective: _Objective,
     hp: _Hyperparameters,
     dev: torch.device,
     ckpt_path: Path | None,
@@ -398,8 +547,6 @@ def _optimise(
     """The training loop from ``run.step`` to ``hp.steps``, checkpointing as it goes; returns the total wall time."""
     from tqdm.auto import tqdm
 
-    sqrt_ab = schedule.alphas_cumprod.sqrt().to(torch.float32)
-    sqrt_1m_ab = (1.0 - schedule.alphas_cumprod).sqrt().to(torch.float32)
     start = time.perf_counter()
     run.model.train()
     with _forked_rng(dev, hp.seed, run.rng_state):
@@ -407,7 +554,7 @@ def _optimise(
             total=hp.steps, initial=min(run.step, hp.steps), disable=not progress, desc="train", dynamic_ncols=True
         )
         while run.step < hp.steps:
-            run.losses.append(_ddpm_step(run, x, sqrt_ab, sqrt_1m_ab, hp, dev))
+            run.losses.append(_train_step(run, x, objective, hp, dev))
             run.step += 1
             bar.update(1)
             if run.step % 10 == 0 or run.step == hp.steps:
@@ -423,11 +570,26 @@ def _optimise(
 
 
 def _training_record(
-    command: str | None, run: _Run, wall: float, final_loss: float, dev: torch.device, hp: _Hyperparameters
+    command: str | None,
+    run: _Run,
+    wall: float,
+    final_loss: float,
+    dev: torch.device,
+    hp: _Hyperparameters,
+    objective: _Objective,
 ) -> dict[str, Any]:
     """The ``training`` entry of ``config.json``: how the weights were made."""
+    conditioning: dict[str, Any] = {}
+    if objective.labels is not None:
+        conditioning = {
+            "conditioning": {
+                "num_classes": objective.null_class,
+                "null_class": objective.null_class,
+                "label_dropout": objective.label_dropout,
+            }
+        }
     return {
-        "objective": "DDPM epsilon-prediction MSE (Ho et al. 2020)",
+        "objective": _OBJECTIVE_RECORD[objective.kind][0],
         "command": command,
         "steps": run.step,
         "wall_time_s": round(wall, 1),
@@ -438,15 +600,15 @@ def _training_record(
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         **hp.record(),
+        **conditioning,
     }
 
 
-def _save_outputs(
-    out: Path, run: _Run, config: UNetConfig, schedule: DiscreteSchedule, entries: Mapping[str, Any]
-) -> None:
+def _save_outputs(out: Path, run: _Run, config: UNetConfig, objective: _Objective, entries: Mapping[str, Any]) -> None:
     """The EMA model (``model.safetensors`` + ``config.json`` with ``entries``) and ``loss.png``."""
-    save_model(out, run.ema, config, schedule, entries)
-    save_loss_plot(run.losses, out / LOSS_PLOT_FILE)
+    save_model(out, run.ema, config, objective.schedule, entries, prediction=objective.kind)
+    title = "DDPM training loss" if objective.kind == "eps" else "rectified-flow training loss"
+    save_loss_plot(run.losses, out / LOSS_PLOT_FILE, title=title, ylabel=_OBJECTIVE_RECORD[objective.kind][1])
 
 
 def train(
@@ -454,7 +616,10 @@ def train(
     *,
     out_dir: str | Path | None = None,
     config: UNetConfig | None = None,
-    schedule: DiscreteSchedule | None = None,
+    schedule: DiscreteSchedule | FlowSchedule | None = None,
+    labels: str | Tensor | np.ndarray | None = None,
+    label_dropout: float = 0.1,
+    objective: str = "eps",
     steps: int = 10_000,
     batch_size: int = 128,
     lr: float = 5e-4,
@@ -470,7 +635,7 @@ def train(
     command: str | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train a :class:`~ddim_ode.unet.UNet` ε-network with the DDPM loss.
+    """Train a :class:`~ddim_ode.unet.UNet` with the DDPM loss (ε-prediction) or the rectified-flow loss.
 
     Args:
         data: training images: ``"digits"``, a ``.npy``/``.npz`` file, a PNG folder (see
@@ -480,7 +645,17 @@ def train(
             missing and checked to be writable first. ``None``: nothing is written or resumed.
         config: the architecture (default: :class:`UNetConfig` with the data's channels and side).
             ``in_channels``/``out_channels`` must equal the data's channels and ``resolution`` its side.
-        schedule: a :class:`DiscreteSchedule` (default: DDPM linear, β from 1e-4 to 0.02, T = 1000).
+        schedule: for ``objective="eps"`` a :class:`DiscreteSchedule` (default: DDPM linear, β from
+            1e-4 to 0.02, T = 1000); for ``objective="flow"`` a :class:`FlowSchedule` (default:
+            ``FlowSchedule()``, the network called with τ · 1000).
+        labels: a class label per training image (an integer array of shape ``(N,)`` with values in
+            ``[0, config.num_classes − 1]``), or ``"digits"`` (the digits' own labels, with
+            ``data="digits"``); ``None`` (default) trains an unconditional network. With labels the
+            config must be class-conditional (default: ``num_classes = max(labels) + 1``).
+        label_dropout: the probability, in [0, 1], with which each label of a batch is replaced by
+            the null class (for classifier-free guidance); used only with labels.
+        objective: ``"eps"`` (DDPM, the saved model predicts ``"eps"``) or ``"flow"`` (rectified
+            flow, τ ~ U(0, 1), the saved model predicts ``"flow"``, the velocity ε − x0).
         steps: total optimisation steps, an integer ≥ 1 (a resumed run continues up to this number).
         batch_size: images per step (drawn with replacement), an integer in [1, :data:`MAX_BATCH_SIZE`].
         lr: AdamW learning rate after the linear warm-up of ``warmup_steps`` (≥ 0) steps; finite, > 0.
@@ -489,7 +664,8 @@ def train(
         grad_clip: maximal global gradient norm, finite, ≥ 0 (``0`` disables clipping).
         seed: seeds the run's ``torch.Generator`` (initialisation, batches, timesteps, noise); in [0, 2⁶³ − 1].
         checkpoint_every: steps between checkpoints, ≥ 0 (``0``: only at the end).
-        resume: continue from ``out_dir/checkpoint.pt`` if it exists (same config and schedule required).
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists (same config, schedule,
+            objective and conditioning required).
         device: where to train (default: CUDA if available, else CPU); must be usable here.
         progress: show a tqdm progress bar with the running loss.
         command: the command line that started the run, recorded in ``config.json``.
@@ -501,56 +677,94 @@ def train(
     Raises:
         ValueError: an argument of the wrong type or out of range (the message names it and the
             allowed range), data that do not fit ``config``, or a checkpoint of another run.
-        TypeError: ``config`` or ``schedule`` of the wrong class.
+        TypeError: ``config`` or ``schedule`` of the wrong class (for the objective).
         OSError: ``out_dir`` cannot be created or written to.
     """
     hp = _Hyperparameters(
         steps, batch_size, lr, weight_decay, warmup_steps, ema_decay, grad_clip, seed, checkpoint_every
     )
-    extra = _check_options(config, schedule, resume, progress, command, metadata)
+    extra = _check_options(config, schedule, objective, resume, progress, command, metadata)
+    label_dropout = check_float("label_dropout", label_dropout, 0.0, 1.0)
+    _check_labels(labels, data)
     dev = _check_device(device)
     check_source(data)
     out = _check_out_dir(out_dir)
 
-    x, config, schedule = _prepare_data(data, config, schedule)
+    x, y, config, schedule = _prepare_data(data, labels, config, schedule, objective)
+    task = _Objective.make(objective, schedule, y, label_dropout, config.num_classes)
     run = _Run.start(config, hp, dev)
-    identity = {"config": config.to_dict(), "schedule": schedule_to_dict(schedule), "hparams": hp.record()}
+    identity: dict[str, Any] = {
+        "config": config.to_dict(),
+        "schedule": schedule_to_dict(schedule),
+        "hparams": hp.record(),
+    }
+    if objective != "eps":
+        identity["objective"] = objective
+    if y is not None:
+        identity["conditioning"] = {"label_dropout": label_dropout}
     ckpt_path = out / CHECKPOINT_FILE if out is not None else None
     if ckpt_path is not None and resume and ckpt_path.is_file():
         _resume(run, ckpt_path, identity)
 
-    wall = _optimise(run, x, schedule, hp, dev, ckpt_path, identity, progress)
+    wall = _optimise(run, x, task, hp, dev, ckpt_path, identity, progress)
     run.ema.eval()
     final_loss = float(np.mean(run.losses[-500:])) if run.losses else float("nan")
     if out is not None:
-        training = _training_record(command, run, wall, final_loss, dev, hp)
-        _save_outputs(out, run, config, schedule, {"data": _data_metadata(data, x), "training": training, **extra})
+        training = _training_record(command, run, wall, final_loss, dev, hp, task)
+        data_record = _data_metadata(data, x, labels)
+        _save_outputs(out, run, config, task, {"data": data_record, "training": training, **extra})
     return TrainResult(run.ema, run.model, run.losses, run.step, wall, final_loss, out, schedule)
 
 
-#: named training set-ups; ``digits`` is the shipped default model
+_DIGITS_CONFIG = UNetConfig(
+    in_channels=1,
+    out_channels=1,
+    base_channels=32,
+    channel_mults=(1, 2),
+    num_res_blocks=2,
+    attention=True,
+    dropout=0.0,
+    resolution=8,
+    norm_groups=8,
+)
+_DDPM_LINEAR = {"type": "discrete", "kind": "linear", "beta_start": 1e-4, "beta_end": 0.02, "num_timesteps": 1000}
+_DIGITS_OPTIMISATION = {
+    "batch_size": 128,
+    "lr": 5e-4,
+    "warmup_steps": 200,
+    "ema_decay": 0.999,
+    "grad_clip": 1.0,
+    "seed": 0,
+}
+
+#: named training set-ups (``schedule`` is a description for :func:`ddim_ode.io.schedule_from_dict`):
+#: ``digits`` is the shipped default model; ``digits-cond`` the same network conditioned on the digit's
+#: class (10 classes + the null class, labels dropped with probability 0.1); ``digits-flow`` the same
+#: network trained as a rectified flow
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {
         "data": "digits",
-        "config": UNetConfig(
-            in_channels=1,
-            out_channels=1,
-            base_channels=32,
-            channel_mults=(1, 2),
-            num_res_blocks=2,
-            attention=True,
-            dropout=0.0,
-            resolution=8,
-            norm_groups=8,
-        ),
-        "schedule": ("linear", 1e-4, 0.02, 1000),
+        "config": _DIGITS_CONFIG,
+        "schedule": _DDPM_LINEAR,
         "steps": 5000,
-        "batch_size": 128,
-        "lr": 5e-4,
-        "warmup_steps": 200,
-        "ema_decay": 0.999,
-        "grad_clip": 1.0,
-        "seed": 0,
+        **_DIGITS_OPTIMISATION,
+    },
+    "digits-cond": {
+        "data": "digits",
+        "labels": "digits",
+        "label_dropout": 0.1,
+        "config": replace(_DIGITS_CONFIG, num_classes=10),
+        "schedule": _DDPM_LINEAR,
+        "steps": 4000,
+        **_DIGITS_OPTIMISATION,
+    },
+    "digits-flow": {
+        "data": "digits",
+        "objective": "flow",
+        "config": _DIGITS_CONFIG,
+        "schedule": {"type": "flow", "shift": 1.0},
+        "steps": 4000,
+        **_DIGITS_OPTIMISATION,
     },
 }
 
@@ -569,7 +783,7 @@ _ARCHITECTURE_FLAGS = ("base_channels", "channel_mults", "num_res_blocks", "drop
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Train a DDPM UNet ε-network.")
+    p = argparse.ArgumentParser(prog=prog, description="Train a UNet: DDPM ε-prediction or rectified flow.")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named set-up (other flags override it)")
     p.add_argument("--data", help="'digits', a .npy/.npz file or a folder of PNG images")
     p.add_argument("--out-dir", required=True, help="output directory (model, checkpoint, loss.png); must be writable")
@@ -587,8 +801,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--num-res-blocks", type=int)
     p.add_argument("--dropout", type=float)
     p.add_argument("--no-attention", action="store_true")
-    p.add_argument("--schedule", choices=("linear", "cosine"), help="DDPM linear or cosine discrete schedule")
-    p.add_argument("--num-timesteps", type=int)
+    p.add_argument("--objective", choices=OBJECTIVES, help="eps: DDPM (default); flow: rectified flow")
+    p.add_argument("--label-dropout", type=float, help="probability of the null class per label, in [0, 1]")
+    p.add_argument(
+        "--schedule",
+        choices=("linear", "cosine", "flow"),
+        help="DDPM linear or cosine discrete schedule (objective eps), or the rectified-flow schedule (objective flow)",
+    )
+    p.add_argument("--shift", type=float, help="time shift of the flow schedule (> 0)")
+    p.add_argument("--num-timesteps", type=int, help="timesteps of a discrete schedule, num_train_timesteps of a flow")
     p.add_argument("--beta-start", type=float, help="first beta of the linear schedule, in (0, 1)")
     p.add_argument("--beta-end", type=float, help="last beta of the linear schedule, in (0, 1)")
     p.add_argument("--device")
@@ -598,17 +819,28 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _schedule_from_args(args: argparse.Namespace, preset: tuple[str, float, float, int]) -> Schedule:
+def _schedule_from_args(args: argparse.Namespace, preset: Mapping[str, Any]) -> Schedule:
     """The preset's schedule with the command line's overrides, checked by :func:`ddim_ode.io.schedule_from_dict`."""
-    kind, beta_start, beta_end, num = preset
-    kind = args.schedule or kind
-    num = args.num_timesteps if args.num_timesteps is not None else num
+    kind = args.schedule or (preset["kind"] if preset["type"] == "discrete" else preset["type"])
+    if kind == "flow":
+        if args.beta_start is not None or args.beta_end is not None:
+            raise ValueError("--beta-start and --beta-end set the linear schedule; the flow schedule has no betas")
+        spec = dict(preset) if preset["type"] == "flow" else {"type": "flow"}
+        if args.shift is not None:
+            spec["shift"] = args.shift
+        if args.num_timesteps is not None:
+            spec["num_train_timesteps"] = args.num_timesteps
+        return schedule_from_dict(spec)
+    if args.shift is not None:
+        raise ValueError("--shift sets the flow schedule; a discrete schedule has no shift")
+    discrete = preset if preset["type"] == "discrete" else _DDPM_LINEAR
+    num = args.num_timesteps if args.num_timesteps is not None else discrete.get("num_timesteps", 1000)
     if kind == "cosine":
         if args.beta_start is not None or args.beta_end is not None:
             raise ValueError("--beta-start and --beta-end set the linear schedule; the cosine schedule has no betas")
         return schedule_from_dict({"type": "discrete", "kind": "cosine", "num_timesteps": num})
-    beta_start = args.beta_start if args.beta_start is not None else beta_start
-    beta_end = args.beta_end if args.beta_end is not None else beta_end
+    beta_start = args.beta_start if args.beta_start is not None else discrete.get("beta_start", 1e-4)
+    beta_end = args.beta_end if args.beta_end is not None else discrete.get("beta_end", 0.02)
     spec = {"type": "discrete", "kind": "linear", "beta_start": beta_start, "beta_end": beta_end, "num_timesteps": num}
     return schedule_from_dict(spec)
 
@@ -631,7 +863,13 @@ def _train_arguments(args: argparse.Namespace) -> dict[str, Any]:
             x = load_dataset(kw["data"])
             base = UNetConfig(in_channels=x.shape[1], out_channels=x.shape[1], resolution=x.shape[2])
         kw["config"] = replace(base, **arch)
-    kw["schedule"] = _schedule_from_args(args, kw.pop("schedule", ("linear", 1e-4, 0.02, 1000)))
+    if args.objective is not None:
+        kw["objective"] = args.objective
+    if args.label_dropout is not None:
+        kw["label_dropout"] = args.label_dropout
+    kw["schedule"] = _schedule_from_args(args, kw.pop("schedule", _DDPM_LINEAR))
+    if "objective" not in kw and isinstance(kw["schedule"], FlowSchedule):  # --schedule flow trains a flow
+        kw["objective"] = "flow"
     return kw
 
 

@@ -15,9 +15,19 @@ Weights are initialised as in DDPM: Xavier-uniform (fan-average) everywhere, zer
 last layer of every residual branch, of the attention output and of the network zero-initialised,
 so that every residual block starts as the identity.
 
-The network follows the ε-model contract of the package: ``model(x_t, t) -> ε̂`` with ``x_t`` of
-shape ``(B, C, H, W)`` in the VP scale and ``t`` a float tensor of shape ``(B,)`` (or a scalar) in
-the schedule's units; fractional ``t`` is fine, the embedding is evaluated in float32.
+The network follows the model contract of the package: ``model(x_t, t) -> prediction`` with
+``x_t`` of shape ``(B, C, H, W)`` in the schedule's input scale and ``t`` a float tensor of shape
+``(B,)`` (or a scalar) in the schedule's units; fractional ``t`` is fine, the embedding is
+evaluated in float32. What the output means (ε, x0, v or the flow velocity) is the training
+objective's choice, recorded with the weights.
+
+**Class conditioning** (``num_classes = K > 0``): a learned embedding of the label, from a table
+of K + 1 rows whose last row (index K) is the *null class*, is added to the time embedding, as in
+the class-conditional UNets of Dhariwal & Nichol 2021 ("Diffusion Models Beat GANs on Image
+Synthesis"). Training with a share of labels replaced by the null class gives one network that is
+both conditional and unconditional, which classifier-free guidance combines (Ho & Salimans 2022,
+"Classifier-Free Diffusion Guidance"): ``forward(x, t, y)`` with ``y`` the labels (``None``: the
+null class), and :meth:`UNet.null_kwargs` the unconditional call for the guided field.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ __all__ = [
     "MAX_LEVELS",
     "MAX_RES_BLOCKS",
     "MAX_RESOLUTION",
+    "MAX_CLASSES",
 ]
 
 #: bounds of a :class:`UNetConfig`: image channels, first-level width, width of any level,
@@ -54,6 +65,8 @@ MAX_WIDTH = 4096
 MAX_LEVELS = 8
 MAX_RES_BLOCKS = 16
 MAX_RESOLUTION = 1024
+#: bound of :attr:`UNetConfig.num_classes`
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -72,12 +85,15 @@ class UNetConfig:
             downsampling factor ``2**(len(channel_mults) − 1)``. The network is convolutional and
             runs on any side with that divisibility.
         norm_groups: groups of every GroupNorm; must divide every width.
+        num_classes: class labels ``0 … num_classes − 1`` the network is conditioned on, plus the
+            null class ``num_classes``; ``0`` (the default) is an unconditional network.
 
     Every field is checked on construction, type and range (``ValueError`` naming the field):
     ``in_channels``/``out_channels`` in ``[1, MAX_IMAGE_CHANNELS]``, ``base_channels`` in
     ``[1, MAX_BASE_CHANNELS]``, one to ``MAX_LEVELS`` ``channel_mults`` with every width at most
     ``MAX_WIDTH``, ``num_res_blocks`` in ``[1, MAX_RES_BLOCKS]``, ``resolution`` in
-    ``[1, MAX_RESOLUTION]``, ``dropout`` in ``[0, 1)``, ``attention`` a bool. The bounds are generous
+    ``[1, MAX_RESOLUTION]``, ``num_classes`` in ``[0, MAX_CLASSES]``, ``dropout`` in ``[0, 1)``,
+    ``attention`` a bool. The bounds are generous
     for this architecture and keep a hostile description from asking for gigabytes.
     """
 
@@ -90,6 +106,7 @@ class UNetConfig:
     dropout: float = 0.0
     resolution: int = 8
     norm_groups: int = 8
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -102,6 +119,7 @@ class UNetConfig:
             ("norm_groups", MAX_WIDTH),
         ):
             object.__setattr__(self, field_name, check_int(f"{name}.{field_name}", getattr(self, field_name), 1, high))
+        object.__setattr__(self, "num_classes", check_int(f"{name}.num_classes", self.num_classes, 0, MAX_CLASSES))
         mults = self.channel_mults
         if isinstance(mults, (list, tuple)) and 1 <= len(mults) <= MAX_LEVELS:
             mults = tuple(check_int(f"{name}.channel_mults[{i}]", m, 1, MAX_WIDTH) for i, m in enumerate(mults))
@@ -138,9 +156,12 @@ class UNetConfig:
         return 2 ** (len(self.channel_mults) - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
+        """A JSON-ready dict (tuples become lists; ``num_classes`` only when the network is conditional,
+        so an unconditional description reads as before the field existed)."""
         d = asdict(self)
         d["channel_mults"] = list(self.channel_mults)
+        if not self.num_classes:
+            del d["num_classes"]
         return d
 
     @classmethod
@@ -227,9 +248,11 @@ class UNet(nn.Module):
         generator: optional ``torch.Generator`` (CPU) for a reproducible initialisation that does
             not touch the global RNG.
 
-    ``forward(x, t)``: ``x`` of shape ``(B, in_channels, H, W)`` with ``H, W`` divisible by
+    ``forward(x, t, y=None)``: ``x`` of shape ``(B, in_channels, H, W)`` with ``H, W`` divisible by
     ``config.downsample_factor``; ``t`` of shape ``(B,)`` or a scalar, any real dtype, in the
-    schedule's units. Returns ``(B, out_channels, H, W)`` in ``x``'s dtype.
+    schedule's units; ``y`` (class-conditional networks only) integer labels of shape ``(B,)`` or
+    a scalar in ``[0, num_classes]``, ``num_classes`` being the null class, and ``None`` the null
+    class for every sample. Returns ``(B, out_channels, H, W)`` in ``x``'s dtype.
     """
 
     def __init__(self, config: UNetConfig | None = None, *, generator: torch.Generator | None = None) -> None:
@@ -257,6 +280,8 @@ class UNet(nn.Module):
         ch = cfg.base_channels
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if cfg.num_classes:
+            self.class_emb = nn.Embedding(cfg.num_classes + 1, emb_dim)  # row num_classes: the null class
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         last = len(widths) - 1
@@ -300,7 +325,10 @@ class UNet(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """DDPM initialisation: Xavier-uniform weights, zero biases, zero last layer of each branch."""
+        """DDPM initialisation: Xavier-uniform weights, zero biases, zero last layer of each branch.
+
+        The class embedding starts at zero, so a conditional network starts as its unconditional one.
+        """
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 w = module.weight
@@ -317,8 +345,52 @@ class UNet(nn.Module):
             elif isinstance(module, _Attention):
                 nn.init.zeros_(module.proj.weight)
         nn.init.zeros_(self.conv_out.weight)
+        if self.config.num_classes:
+            nn.init.zeros_(self.class_emb.weight)
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    @property
+    def null_class(self) -> int:
+        """The label of the null class, ``num_classes`` (``ValueError`` for an unconditional network)."""
+        if not self.config.num_classes:
+            raise ValueError("this UNet is unconditional (num_classes=0): it has no class labels and no null class")
+        return self.config.num_classes
+
+    def null_kwargs(self, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The keyword arguments of the unconditional call: ``model_kwargs`` with ``y`` the null class.
+
+        ``y`` keeps the shape (and device) of the given labels; without labels it is ``None``, which
+        :meth:`forward` reads as the null class. Makes the network a
+        :class:`~ddim_ode.field.NullConditionModel`, so classifier-free guidance needs no ``uncond_kwargs``.
+        An unconditional network (``num_classes=0``) raises ``ValueError``.
+        """
+        null = self.null_class
+        y = model_kwargs.get("y")
+        return {**model_kwargs, "y": torch.full_like(torch.as_tensor(y), null) if y is not None else None}
+
+    def _class_embedding(self, y: Tensor | int | None, batch: int, device: torch.device) -> Tensor | None:
+        """The class embedding of labels ``y`` (checked: integers in ``[0, num_classes]``), or None if unconditional."""
+        k = self.config.num_classes
+        if not k:
+            if y is not None:
+                raise ValueError("this UNet is unconditional (num_classes=0): y must be None")
+            return None
+        if y is None:
+            y = torch.full((batch,), k, dtype=torch.long, device=device)
+        y = torch.as_tensor(y, device=device)
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise ValueError(f"class labels y must be integers in [0, {k}] ({k} = the null class), got dtype {y.dtype}")
+        if y.ndim == 0:
+            y = y.expand(batch)
+        if y.shape != (batch,):
+            raise ValueError(f"y must be a scalar or have shape ({batch},) to match the batch, got {tuple(y.shape)}")
+        if batch and (int(y.min()) < 0 or int(y.max()) > k):
+            raise ValueError(
+                f"class labels y must lie in [0, {k}] ({k} = the null class), got values in "
+                f"[{int(y.min())}, {int(y.max())}]"
+            )
+        return self.class_emb(y.long())
+
+    def forward(self, x: Tensor, t: Tensor | float, y: Tensor | int | None = None) -> Tensor:
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != cfg.in_channels:
             raise ValueError(f"x must have shape (B, {cfg.in_channels}, H, W), got {tuple(x.shape)}")
@@ -335,6 +407,9 @@ class UNet(nn.Module):
 
         dtype = self.conv_in.weight.dtype
         emb = self.time_mlp(timestep_embedding(t, cfg.base_channels).to(dtype))
+        class_emb = self._class_embedding(y, x.shape[0], x.device)
+        if class_emb is not None:
+            emb = emb + class_emb.to(dtype)
         h = self.conv_in(x.to(dtype))
         skips = [h]
         for blocks in self.down:

@@ -24,7 +24,7 @@ from ddim_ode.io import (
     schedule_from_dict,
     schedule_to_dict,
 )
-from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule
+from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule, FlowSchedule, VESchedule
 from ddim_ode.unet import UNet, UNetConfig
 
 #: the description of DiscreteSchedule.linear()
@@ -81,8 +81,9 @@ def test_input_gradients_flow_through_a_loaded_model(saved):
         DiscreteSchedule(betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64) ** 0.5 * 0.1),
         ContinuousSchedule.linear(),
         ContinuousSchedule.cosine(),
+        VESchedule(0.01, 50.0),
     ],
-    ids=["linear", "linear-custom", "cosine", "arbitrary", "continuous-linear", "continuous-cosine"],
+    ids=["linear", "linear-custom", "cosine", "arbitrary", "continuous-linear", "continuous-cosine", "ve"],
 )
 def test_schedule_json_round_trip_is_exact(schedule):
     spec = json.loads(json.dumps(schedule_to_dict(schedule)))
@@ -98,13 +99,62 @@ def test_schedule_json_round_trip_is_exact(schedule):
         )
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        FlowSchedule(),
+        FlowSchedule(3.0, 500, timestep_scale=1.0),
+        FlowSchedule(use_dynamic_shifting=True, mu=0.8, base_shift=0.4, max_image_seq_len=1024),
+        FlowSchedule(use_dynamic_shifting=True, time_shift_type="linear", base_image_seq_len=64),
+    ],
+    ids=["default", "shift-3-tau-units", "dynamic-mu", "dynamic-linear-no-mu"],
+)
+def test_flow_schedule_json_round_trip_keeps_every_parameter(schedule):
+    spec = json.loads(json.dumps(schedule_to_dict(schedule)))
+    assert spec["type"] == "flow" and "kind" not in spec
+    rebuilt = schedule_from_dict(spec)
+    assert isinstance(rebuilt, FlowSchedule) and repr(rebuilt) == repr(schedule)
+    for name in (
+        "shift",
+        "num_train_timesteps",
+        "use_dynamic_shifting",
+        "base_shift",
+        "max_shift",
+        "base_image_seq_len",
+        "max_image_seq_len",
+        "time_shift_type",
+        "mu",
+        "timestep_scale",
+        "tau_floor",
+        "t_min",
+        "t_max",
+    ):
+        assert getattr(rebuilt, name) == getattr(schedule, name), name
+    t = torch.linspace(0.0, schedule.timestep_scale, 9, dtype=torch.float64)
+    assert torch.equal(rebuilt.sigma(t), schedule.sigma(t))
+    if schedule.mu is not None or not schedule.use_dynamic_shifting:
+        assert torch.equal(rebuilt.from_grid_time(t / t[-1]), schedule.from_grid_time(t / t[-1]))
+    assert schedule_to_dict(rebuilt) == spec
+
+
+def test_flow_and_ve_descriptions_take_the_defaults_and_are_checked():
+    assert repr(schedule_from_dict({"type": "flow"})) == repr(FlowSchedule())
+    assert schedule_from_dict({"type": "flow", "shift": 3.0}).shift == 3.0
+    with pytest.raises(ValueError, match=r"a ve schedule lacks the entry 'sigma_max'"):
+        schedule_from_dict({"type": "ve", "sigma_min": 0.1})
+    with pytest.raises(ValueError, match="sigma_max must be a finite number > sigma_min"):
+        schedule_from_dict({"type": "ve", "sigma_min": 1.0, "sigma_max": 0.5})
+    with pytest.raises(ValueError, match="mu applies only with use_dynamic_shifting=True"):
+        schedule_from_dict({"type": "flow", "mu": 0.5})
+
+
 def test_schedule_from_dict_errors():
     with pytest.raises(ValueError, match="allowed: linear, cosine, betas, alphas_cumprod"):
         schedule_from_dict({"type": "discrete", "kind": "sigmoid"})
     with pytest.raises(ValueError, match="beta_end"):
         schedule_from_dict({"type": "discrete", "kind": "linear", "beta_start": 1e-4, "num_timesteps": 10})
-    with pytest.raises(ValueError, match="allowed: discrete, continuous"):
-        schedule_from_dict({"type": "ve", "kind": "linear"})
+    with pytest.raises(ValueError, match="allowed: discrete, continuous, flow, ve$"):
+        schedule_from_dict({"type": "subvp", "kind": "linear"})
     betas = [0.1, 0.2, 0.3]
     assert torch.allclose(
         schedule_from_dict({"kind": "betas", "betas": betas}).betas, torch.tensor(betas, dtype=torch.float64)
@@ -146,6 +196,47 @@ BAD_SCHEDULES = {
         r"schedule\.t_max must be a finite number in \[0, 1\], got 5\.0",
     ),
     "continuous-s-zero": ({"type": "continuous", "kind": "cosine", "s": 0.0}, r"schedule\.s must be .* in \(0, 1\]"),
+    "flow-kind": (
+        {"type": "flow", "kind": "linear"},
+        r"unknown entries \['kind'\] in a flow schedule; allowed: type, s",
+    ),
+    "flow-shift-zero": (
+        {"type": "flow", "shift": 0},
+        r"schedule\.shift must be a finite number in \(0, 1000\], got 0$",
+    ),
+    "flow-shift-huge": ({"type": "flow", "shift": 1e9}, r"schedule\.shift must be a finite number in \(0, 1000\]"),
+    "flow-timesteps": (
+        {"type": "flow", "num_train_timesteps": 10**9},
+        r"schedule\.num_train_timesteps must be an integer in \[2, 100000\], got 1000000000$",
+    ),
+    "flow-dynamic-a-string": (
+        {"type": "flow", "use_dynamic_shifting": "yes"},
+        r"schedule\.use_dynamic_shifting must be true or false, got 'yes'$",
+    ),
+    "flow-mu-overflows": (
+        {"type": "flow", "use_dynamic_shifting": True, "mu": 1000.0},
+        r"schedule\.mu must be a finite number in \[-10, 10\], got 1000\.0$",
+    ),
+    "flow-seq-len": (
+        {"type": "flow", "max_image_seq_len": 2**40},
+        r"schedule\.max_image_seq_len must be an integer in \[2, 16777216\]",
+    ),
+    "flow-shift-type": (
+        {"type": "flow", "time_shift_type": "cubic"},
+        r"schedule\.time_shift_type must be one of exponential, linear, got 'cubic'$",
+    ),
+    "flow-timestep-scale-nan": (
+        {"type": "flow", "timestep_scale": float("nan")},
+        r"schedule\.timestep_scale must be a finite number in \(0, 100000\], got nan$",
+    ),
+    "ve-sigma-huge": (
+        {"type": "ve", "sigma_min": 0.002, "sigma_max": 1e300},
+        r"schedule\.sigma_max must be a finite number in \(0, 1e\+06\], got 1e\+300$",
+    ),
+    "ve-unknown-entry": (
+        {"type": "ve", "sigma_min": 0.002, "sigma_max": 80, "rho": 7},
+        r"unknown entries \['rho'\] in a ve schedule; allowed: type, sigma_min, sigma_max$",
+    ),
 }
 
 
@@ -263,6 +354,18 @@ BAD_CONFIGS = {
         r"config\.json: UNetConfig\.resolution must be an integer in \[1, 1024\]",
     ),
     "channel-mults": (_unet(channel_mults="12"), r"UNetConfig\.channel_mults must be a list of 1 to 8 positive"),
+    "num-classes": (
+        _unet(num_classes=10**7),
+        r"config\.json: UNetConfig\.num_classes must be an integer in \[0, 100000\], got 10000000$",
+    ),
+    "conditional": (
+        _unet(num_classes=10),
+        r"another architecture: missing 1 parameters \(first: \['class_emb\.weight'\]",
+    ),
+    "flow-schedule": (
+        _schedule({"type": "flow", "shift": -1.0}),
+        r"config\.json: schedule\.shift must be a finite number in \(0, 1000\], got -1\.0$",
+    ),
     "num-timesteps": (
         _schedule({**LINEAR, "num_timesteps": 1e9}),
         r"config\.json: schedule\.num_timesteps must be an integer in \[2, 100000\], got 1000000000\.0$",

@@ -1,4 +1,5 @@
-"""DDPM training (checkpoints, resume, reproducibility, outputs) and the training-data loaders."""
+"""Training (DDPM and rectified flow, label dropout, checkpoints, resume, reproducibility, outputs) and the
+training-data loaders."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import torch
 from ddim_ode import train as train_module
 from ddim_ode.data import DIGITS_HELDOUT, load_array, load_dataset, load_digits, load_png_folder
 from ddim_ode.io import load_model
-from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule
-from ddim_ode.train import CHECKPOINT_FILE, LOSS_PLOT_FILE, main, train
-from ddim_ode.unet import UNetConfig
+from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule, FlowSchedule
+from ddim_ode.train import CHECKPOINT_FILE, LOSS_PLOT_FILE, PRESETS, drop_labels, main, train
+from ddim_ode.unet import UNet, UNetConfig
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4)
 SHORT = DiscreteSchedule.linear(1e-4, 0.02, 100)
@@ -126,6 +127,11 @@ def test_train_rejects_bad_arguments(kwargs, error, match):
 
 #: arguments of train() that are refused before anything is created, loaded or built
 BAD_ARGUMENTS = {
+    "objective": ({"objective": "v"}, r"^unknown objective 'v'; allowed: eps, flow$"),
+    "label-dropout": ({"label_dropout": -0.1}, r"^label_dropout must be a finite number in \[0, 1\], got -0\.1$"),
+    "labels-a-list": ({"labels": [0, 1]}, r"^labels must be None, 'digits' or an integer array, got list$"),
+    "labels-float": ({"labels": np.zeros(32)}, r"^labels must be integers >= 0, got dtype torch\.float64$"),
+    "labels-named": ({"labels": "mnist"}, r"^labels 'mnist': the only named labels are 'digits', with data='digits'"),
     "steps-negative": ({"steps": -5}, r"^steps must be an integer >= 1, got -5$"),
     "steps-float": ({"steps": 2.5}, r"^steps must be an integer >= 1, got 2\.5$"),
     "steps-bool": ({"steps": True}, r"^steps must be an integer >= 1, got True$"),
@@ -195,6 +201,142 @@ def test_resume_refuses_a_damaged_checkpoint(tmp_path):
     torch.save([1, 2], tmp_path / CHECKPOINT_FILE)
     with pytest.raises(ValueError, match=r"checkpoint\.pt is not a training checkpoint"):
         _fit(out_dir=tmp_path, steps=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# class labels and the flow objective
+
+TINY_COND = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4, num_classes=3)
+
+
+def _labels(n: int = 32) -> torch.Tensor:
+    return torch.arange(n) % 3
+
+
+def _recording_forward(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Record the (x, t, y) of every network call during training."""
+    calls = []
+    forward = UNet.forward
+
+    def recording(self, x, t, y=None):
+        calls.append((x.detach().clone(), torch.as_tensor(t).clone(), None if y is None else y.clone()))
+        return forward(self, x, t, y)
+
+    monkeypatch.setattr(UNet, "forward", recording)
+    return calls
+
+
+def test_drop_labels_at_the_configured_rate():
+    y = torch.arange(100_000) % 10
+    for p in (0.1, 0.35):
+        dropped = drop_labels(y, p, 10, torch.Generator().manual_seed(0))
+        kept = dropped != 10
+        assert abs(float((~kept).float().mean()) - p) < 0.005
+        assert torch.equal(dropped[kept], y[kept])  # a label is kept or replaced by the null class, never changed
+        assert torch.equal(dropped, drop_labels(y, p, 10, torch.Generator().manual_seed(0)))  # seeded
+    assert torch.equal(drop_labels(y, 0.0, 10, torch.Generator()), y)
+    assert bool((drop_labels(y, 1.0, 10, torch.Generator()) == 10).all())
+
+
+def test_training_with_labels_drops_them_to_the_null_class(monkeypatch):
+    calls = _recording_forward(monkeypatch)
+    labels, x = _labels(), _data()
+    result = _fit(data=x, config=TINY_COND, labels=labels, label_dropout=0.3, steps=12, batch_size=64)
+    assert result.steps == 12 and len(calls) == 12
+    ys = torch.cat([y for _, _, y in calls])
+    assert abs(float((ys == 3).float().mean()) - 0.3) < 0.06 and set(ys.tolist()) == {0, 1, 2, 3}
+    # the first step by hand: the run's generator draws the initialisation, images, timesteps, noise, then the dropout
+    gen = torch.Generator().manual_seed(0)
+    UNet(TINY_COND, generator=gen)
+    idx = torch.randint(32, (64,), generator=gen)
+    t = torch.randint(100, (64,), generator=gen)
+    eps = torch.randn((64, 1, 8, 8), generator=gen)
+    sqrt_ab, sqrt_1m_ab = SHORT.alphas_cumprod.sqrt().float(), (1 - SHORT.alphas_cumprod).sqrt().float()
+    assert torch.equal(calls[0][1], t.to(torch.float32))
+    x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x[idx] + sqrt_1m_ab[t].view(-1, 1, 1, 1) * eps
+    assert torch.equal(calls[0][0], x_t)
+    assert torch.equal(calls[0][2], drop_labels(labels[idx], 0.3, 3, gen))
+    calls.clear()
+    again = _fit(data=x, config=TINY_COND, labels=labels, label_dropout=0.3, steps=12, batch_size=64)
+    assert torch.equal(torch.cat([y for _, _, y in calls]), ys) and again.losses == result.losses
+
+
+def test_a_conditional_model_is_saved_and_loaded_with_its_null_class(tmp_path):
+    _fit(out_dir=tmp_path, config=TINY_COND, labels=_labels(), steps=3)
+    model, _, meta = load_model(tmp_path)
+    assert model.config.num_classes == 3 and meta["unet"]["num_classes"] == 3
+    assert meta["training"]["conditioning"] == {"num_classes": 3, "null_class": 3, "label_dropout": 0.1}
+    assert torch.equal(model.null_kwargs({"y": torch.tensor([0, 2])})["y"], torch.tensor([3, 3]))
+    with pytest.raises(ValueError, match=r"another conditioning"):
+        _fit(out_dir=tmp_path, config=TINY_COND, labels=_labels(), label_dropout=0.2, steps=4)
+
+
+@pytest.mark.parametrize("timestep_scale", [None, 1.0])
+def test_flow_objective_regresses_eps_minus_x0_at_the_sampled_tau(monkeypatch, tmp_path, timestep_scale):
+    calls = _recording_forward(monkeypatch)
+    x = _data()
+    schedule = FlowSchedule(timestep_scale=timestep_scale)
+    result = _fit(data=x, schedule=schedule, objective="flow", steps=1, batch_size=16, out_dir=tmp_path, lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    net = UNet(TINY, generator=gen)
+    idx = torch.randint(32, (16,), generator=gen)
+    tau = torch.rand((16,), generator=gen)
+    eps = torch.randn((16, 1, 8, 8), generator=gen)
+    x_tau = (1 - tau.view(-1, 1, 1, 1)) * x[idx] + tau.view(-1, 1, 1, 1) * eps
+    x_in, t_in, y_in = calls[0]
+    assert torch.allclose(x_in, x_tau, atol=1e-6) and y_in is None
+    assert torch.allclose(t_in, tau * schedule.timestep_scale)
+    with torch.no_grad():
+        out = net(x_tau, tau * schedule.timestep_scale)
+    assert result.losses[0] == pytest.approx(float(((out - (eps - x[idx])) ** 2).mean()), rel=1e-6)
+    # the DDPM target would give another loss: the check above could not pass by accident
+    assert result.losses[0] != pytest.approx(float(((out - eps) ** 2).mean()), rel=1e-3)
+    model, loaded_schedule, meta = load_model(tmp_path)
+    assert meta["prediction"] == "flow" and repr(loaded_schedule) == repr(schedule)
+    assert "rectified-flow" in meta["training"]["objective"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"objective": "score"}, ValueError, r"^unknown objective 'score'; allowed: eps, flow$"),
+        ({"objective": "flow"}, TypeError, r"^the flow objective trains on a FlowSchedule, got DiscreteSchedule$"),
+        ({"schedule": FlowSchedule()}, TypeError, r"^the eps objective trains on a DiscreteSchedule"),
+        ({"labels": _labels()}, ValueError, r"labels given for an unconditional config \(num_classes=0\)"),
+        ({"config": TINY_COND}, ValueError, r"config\.num_classes=3 needs labels"),
+        ({"config": TINY_COND, "labels": _labels() + 1}, ValueError, r"labels must lie in \[0, 2\] .*maximum of 3$"),
+        ({"config": TINY_COND, "labels": _labels(31)}, ValueError, r"labels must have shape \(32,\)"),
+        ({"config": TINY_COND, "labels": _labels().float()}, ValueError, r"labels must be integers >= 0"),
+        ({"config": TINY_COND, "labels": "digits"}, ValueError, r"the only named labels are 'digits', with data="),
+        ({"label_dropout": 1.5}, ValueError, r"^label_dropout must be a finite number in \[0, 1\], got 1\.5$"),
+    ],
+)
+def test_objective_and_label_arguments_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _fit(**kwargs)
+
+
+def test_presets_of_the_built_in_models(tmp_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda **kw: seen.update(kw) or pytest.skip("captured"))
+    for preset, objective in (("digits-cond", None), ("digits-flow", "flow")):
+        seen.clear()
+        with pytest.raises(pytest.skip.Exception):
+            main(["--preset", preset, "--out-dir", str(tmp_path / preset)])
+        assert seen.get("objective") == objective and seen["config"].base_channels == 32
+        assert seen["steps"] == PRESETS[preset]["steps"] == 4000
+    assert isinstance(seen["schedule"], FlowSchedule) and seen["schedule"].shift == 1.0
+    seen.clear()
+    with pytest.raises(pytest.skip.Exception):
+        main(["--preset", "digits-cond", "--out-dir", str(tmp_path / "c"), "--label-dropout", "0.2"])
+    assert seen["labels"] == "digits" and seen["label_dropout"] == 0.2 and seen["config"].num_classes == 10
+    assert isinstance(seen["schedule"], DiscreteSchedule) and seen["schedule"].num_timesteps == 1000
+    seen.clear()
+    with pytest.raises(pytest.skip.Exception):
+        main(["--out-dir", str(tmp_path / "f"), "--schedule", "flow", "--shift", "3"])
+    assert seen["objective"] == "flow" and seen["schedule"].shift == 3.0
+    with pytest.raises(ValueError, match="--shift sets the flow schedule"):
+        main(["--preset", "digits", "--out-dir", str(tmp_path / "d"), "--shift", "3"])
 
 
 def test_command_line_with_overrides(tmp_path, capsys):

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from ddim_ode.schedules import DiscreteSchedule
-from ddim_ode.unet import MAX_BASE_CHANNELS, MAX_RESOLUTION, MAX_WIDTH, UNet, UNetConfig, timestep_embedding
+from ddim_ode.unet import (
+    MAX_BASE_CHANNELS,
+    MAX_CLASSES,
+    MAX_RESOLUTION,
+    MAX_WIDTH,
+    UNet,
+    UNetConfig,
+    timestep_embedding,
+)
 
 TINY = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4)
 
@@ -165,6 +173,9 @@ def test_config_round_trip_and_errors():
         ),
         ({"dropout": float("nan")}, r"UNetConfig\.dropout must be a finite number in \[0, 1\), got nan"),
         ({"attention": "yes"}, r"UNetConfig\.attention must be true or false, got 'yes'"),
+        ({"num_classes": -1}, rf"UNetConfig\.num_classes must be an integer in \[0, {MAX_CLASSES}\], got -1"),
+        ({"num_classes": 10**9}, rf"UNetConfig\.num_classes must be an integer in \[0, {MAX_CLASSES}\]"),
+        ({"num_classes": 10.0}, r"UNetConfig\.num_classes must be an integer in \[0, 100000\], got 10\.0"),
     ],
 )
 def test_config_fields_are_checked_for_type_and_range(changes, match):
@@ -196,6 +207,70 @@ def test_state_dict_shapes_without_building_the_network(monkeypatch):
         built = {name: tuple(t.shape) for name, t in UNet(cfg).state_dict().items()}
         assert shapes == built and list(shapes) == list(built)  # same names, shapes and order
         devices.clear()
+
+
+COND = UNetConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, norm_groups=4, num_classes=3)
+
+
+def test_conditional_unet_shapes_and_null_class():
+    model = randomised_unet(COND)
+    assert model.class_emb.weight.shape == (4, 32)  # K + 1 rows (the last: the null class), time-embedding width
+    assert UNet.state_dict_shapes(COND)["class_emb.weight"] == (4, 32)
+    assert "class_emb.weight" not in UNet.state_dict_shapes(TINY)
+    x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([3.0, 50.0, 500.0, 999.0])
+    with torch.no_grad():
+        by_class = [model(x, t, torch.full((4,), k)) for k in range(4)]
+        assert by_class[0].shape == (4, 1, 8, 8) and by_class[0].dtype == torch.float32
+        assert not torch.allclose(by_class[0], by_class[1])  # the label matters
+        assert torch.equal(model(x, t), by_class[3])  # y=None is the null class K
+        assert torch.equal(model(x, t, 2), by_class[2])  # a scalar label applies to the whole batch
+        mixed = model(x, t, torch.tensor([0, 1, 2, 3]))
+        assert torch.allclose(mixed, torch.stack([by_class[k][k] for k in range(4)]), atol=1e-6)
+    y = torch.tensor([0, 2, 1, 0])
+    null = model.null_kwargs({"y": y, "other": 5})
+    assert (
+        torch.equal(null["y"], torch.full((4,), 3))
+        and null["other"] == 5
+        and torch.equal(y, torch.tensor([0, 2, 1, 0]))
+    )
+    assert model.null_kwargs({}) == {"y": None}
+    from ddim_ode.field import NullConditionModel
+
+    assert isinstance(model, NullConditionModel)
+
+
+def test_a_fresh_conditional_unet_starts_as_its_unconditional_one():
+    g = torch.Generator().manual_seed(0)
+    model = UNet(COND, generator=torch.Generator().manual_seed(0))
+    assert torch.count_nonzero(model.class_emb.weight) == 0
+    plain = UNet(TINY, generator=g)  # the same draws: the embedding table takes none
+    cond_state = {k: v for k, v in model.state_dict().items() if k != "class_emb.weight"}
+    assert all(torch.equal(cond_state[k], v) for k, v in plain.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("y", "match"),
+    [
+        (torch.tensor([0, 4]), r"^class labels y must lie in \[0, 3\] \(3 = the null class\), got values in \[0, 4\]$"),
+        (torch.tensor([-1, 0]), r"^class labels y must lie in \[0, 3\] .*got values in \[-1, 0\]$"),
+        (torch.tensor([0.0, 1.0]), r"^class labels y must be integers in \[0, 3\] .*got dtype torch\.float32$"),
+        (torch.tensor([0, 1, 2]), r"^y must be a scalar or have shape \(2,\) to match the batch, got \(3,\)$"),
+    ],
+)
+def test_labels_out_of_range_are_refused(y, match):
+    model = UNet(COND)
+    with pytest.raises(ValueError, match=match):
+        model(torch.zeros(2, 1, 8, 8), torch.tensor([1.0, 2.0]), y)
+
+
+def test_an_unconditional_unet_takes_no_labels():
+    model = UNet(TINY)
+    with pytest.raises(ValueError, match=r"unconditional \(num_classes=0\): y must be None"):
+        model(torch.zeros(2, 1, 8, 8), 1.0, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="no class labels and no null class"):
+        model.null_kwargs({"y": torch.tensor([0, 1])})
+    assert "num_classes" not in TINY.to_dict()  # an unconditional description reads as before
+    assert UNetConfig.from_dict(COND.to_dict()) == COND and COND.to_dict()["num_classes"] == 3
 
 
 def test_attention_switch_changes_architecture():
