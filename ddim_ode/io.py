@@ -5,7 +5,7 @@ The package's format is a directory holding two files:
 * ``model.safetensors`` — the weights (safetensors: no code is ever executed on load);
 * ``config.json`` — ``format`` (``"ddim_ode.model"``), ``format_version``, ``architecture``
   (``"UNet"``), ``unet`` (the :class:`~ddim_ode.unet.UNetConfig`), ``schedule`` (see
-  :func:`schedule_to_dict`), ``prediction`` (``"eps"``, ``"x0"`` or ``"v"``, the names of
+  :func:`schedule_to_dict`), ``prediction`` (``"eps"``, ``"x0"``, ``"v"`` or ``"flow"``, the names of
   :class:`ddim_ode.field.ProbabilityFlowODE`) and free-form entries such as ``data`` (scaling) and
   ``training`` (command, steps, wall time, loss).
 
@@ -21,6 +21,10 @@ the ε-model contract of the package (for a diffusers model, whatever ``metadata
 says the network predicts), ``schedule`` is the training schedule, ``metadata`` a dict.
 Loaded models are in eval mode with gradients of the parameters switched off (gradients with
 respect to the input still flow).
+
+Built-in models (:data:`BUILTIN_MODELS`, listed with a description by :func:`builtin_models`) load
+by name: ``"digits"`` (the default), ``"digits-cond"`` (class-conditional) and ``"digits-flow"``
+(rectified flow); see ``docs/model.md``.
 """
 
 from __future__ import annotations
@@ -371,7 +375,8 @@ def save_model(
         schedule: the schedule it was trained with (required).
         extra_metadata: JSON-serialisable entries added to ``config.json`` (e.g. ``data``,
             ``training``); see :func:`check_extra_metadata`.
-        prediction: what the network outputs: ``"eps"``, ``"x0"`` or ``"v"``.
+        prediction: what the network outputs: ``"eps"``, ``"x0"``, ``"v"`` or ``"flow"`` (the velocity
+            ε − x0 of a rectified flow).
 
     Returns the directory.
     """

@@ -28,7 +28,7 @@ class ResolvedModel:
     Attributes:
         model: an ε-model ``model(x_t, t)`` or an exact :class:`~ddim_ode.field.SigmaModel`.
         schedule: the schedule it was trained with.
-        prediction: what it predicts (``eps``, ``x0`` or ``v``).
+        prediction: what it predicts (``eps``, ``x0``, ``v`` or ``flow``).
         metadata: what its loader recorded (``sample_shape``, ``source``, …); empty for a model
             object passed in by the caller.
     """

@@ -755,7 +755,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_dropout": 0.1,
         "config": replace(_DIGITS_CONFIG, num_classes=10),
         "schedule": _DDPM_LINEAR,
-        "steps": 4000,
+        "steps": 2000,
         **_DIGITS_OPTIMISATION,
     },
     "digits-flow": {
@@ -763,7 +763,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "objective": "flow",
         "config": _DIGITS_CONFIG,
         "schedule": {"type": "flow", "shift": 1.0},
-        "steps": 4000,
+        "steps": 2000,
         **_DIGITS_OPTIMISATION,
     },
 }

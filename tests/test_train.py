@@ -324,7 +324,7 @@ def test_presets_of_the_built_in_models(tmp_path, monkeypatch):
         with pytest.raises(pytest.skip.Exception):
             main(["--preset", preset, "--out-dir", str(tmp_path / preset)])
         assert seen.get("objective") == objective and seen["config"].base_channels == 32
-        assert seen["steps"] == PRESETS[preset]["steps"] == 4000
+        assert seen["steps"] == PRESETS[preset]["steps"] == 2000
     assert isinstance(seen["schedule"], FlowSchedule) and seen["schedule"].shift == 1.0
     seen.clear()
     with pytest.raises(pytest.skip.Exception):
