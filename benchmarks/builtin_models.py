@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddim_ode import decode, encode
 from ddim_ode.data import load_digits
 from ddim_ode.features import features, frechet_distance, load_classifier
 from ddim_ode.grids import make_grid
-from ddim_ode.integrate import decode, encode
 from ddim_ode.models import resolve_model
 
 #: (solver, steps) of the class-conditional evaluation

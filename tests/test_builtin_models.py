@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddim_ode import io
-from ddim_ode.integrate import decode
+from ddim_ode import decode, io
 from ddim_ode.io import BUILTIN_MODELS, builtin_models, load_any, load_builtin
 from ddim_ode.models import resolve_model
 from ddim_ode.schedules import DiscreteSchedule, FlowSchedule

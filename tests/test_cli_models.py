@@ -10,7 +10,6 @@ for bit), and, where this build has them, on a class-conditional UNet directory 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -362,14 +361,6 @@ def test_bad_model_settings_are_refused_before_any_work(argv, needle, model_dir,
     assert not any(work.iterdir()) and snapshot(model_dir) == before
 
 
-# ---------------------------------------------------------------------------------------------
-# real class-conditional networks, where this build has them
-
-
-@pytest.mark.skipif(
-    "num_classes" not in {f.name for f in dataclasses.fields(UNetConfig)},
-    reason="this build's UNetConfig has no num_classes: class-conditional UNet directories cannot be made",
-)
 def test_class_conditional_unet_directory(tmp_path, monkeypatch, capsys):
     from ddim_ode.unet import UNet
 
@@ -390,7 +381,6 @@ def test_class_conditional_unet_directory(tmp_path, monkeypatch, capsys):
     assert np.isfinite(guided).all() and np.abs(np.load("samples.npz")["samples"] - guided).max() > 0
 
 
-@pytest.mark.skipif("digits-cond" not in io.builtin_models(), reason="this build has no built-in model digits-cond")
 def test_builtin_conditional_model_draws_the_classes_asked_for(tmp_path, monkeypatch, capsys):
     from ddim_ode.features import load_classifier
 
