@@ -222,7 +222,7 @@ def plot_guided_inversion(doc: dict[str, Any], out_dir: str | Path) -> Path:
         ax.set_title(f"S = {n} steps each way")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("round-trip MSE per dimension, data in [0, 1]")
-    axes[0][-1].legend(fontsize=7, loc="center right")
+    axes[0][0].legend(fontsize=7, loc="center right")
     fig.suptitle(f"inversion under guidance: {COND_MODEL} (solid), {FLOW_MODEL} unguided (dashed)")
     fig.tight_layout()
     return save_figure(fig, Path(out_dir) / f"{STUDY}.png")
