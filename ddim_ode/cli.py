@@ -657,10 +657,24 @@ BENCH_OPTIONS: dict[str, dict[str, str]] = {
         "quality": "higher",
         "speed": "solvers",
         "consistency": "solver",
+        "guided-inversion": "solvers",
     },
-    "steps": {"roundtrip": "steps", "inversion": "steps", "quality": "steps", "speed": "steps", "consistency": "steps"},
-    "num": {"roundtrip": "num", "accuracy": "num", "inversion": "num", "quality": "num"},
-    "dtype": {"roundtrip": "dtype", "quality": "dtype", "speed": "dtype", "consistency": "dtype"},
+    "steps": {
+        "roundtrip": "steps",
+        "inversion": "steps",
+        "quality": "steps",
+        "speed": "steps",
+        "consistency": "steps",
+        "guided-inversion": "steps",
+    },
+    "num": {"roundtrip": "num", "accuracy": "num", "inversion": "num", "quality": "num", "guided-inversion": "num"},
+    "dtype": {
+        "roundtrip": "dtype",
+        "quality": "dtype",
+        "speed": "dtype",
+        "consistency": "dtype",
+        "guided-inversion": "dtype",
+    },
     "suite": {"accuracy": "suite"},
     "problems": {"accuracy": "problems"},
     "grids": {"accuracy": "grids", "inversion": "grids"},
@@ -879,7 +893,7 @@ def _mismatch_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-STUDY_NAMES = ("roundtrip", "accuracy", "orders", "inversion", "quality", "speed", "consistency")
+STUDY_NAMES = ("roundtrip", "accuracy", "orders", "inversion", "quality", "speed", "consistency", "guided-inversion")
 
 
 def build_parser() -> argparse.ArgumentParser:

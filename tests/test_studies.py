@@ -84,6 +84,19 @@ def _check_consistency(doc):
     assert dist[-1] == 0.0 and dist[0] > dist[1] > 0
 
 
+def _check_guided_inversion(doc):
+    def mse(model, solver, w, dtype="float32"):
+        (row,) = _rows(doc, model=model, solver=solver, steps=10, guidance_scale=w, dtype=dtype)
+        return row["mse"]
+
+    assert [r["nfe_round_trip"] for r in _rows(doc, solver="euler", dtype="float32")] == [20, 20, 20]
+    ddim, exact = mse("digits-cond", "euler", 4.0), mse("digits-cond", "belm", 4.0)
+    assert ddim > 1e-3 and exact < 1e-9 and ddim > 1e6 * exact  # exact inversion: float32 rounding only
+    assert ddim > 2 * mse("digits-cond", "euler", 1.0)  # guidance makes DDIM inversion worse
+    assert mse("digits-cond", "belm", 4.0, "float64") < 1e-20
+    assert mse("digits-flow", "euler", None) > 1e-4 and mse("digits-flow", "belm", None) < 1e-9
+
+
 STUDIES = {
     "roundtrip": ([], _check_roundtrip, ["roundtrip.png", "roundtrip_images.png"]),
     "accuracy": (["--problems", "ring,mixture64"], _check_accuracy, ["accuracy.png", "accuracy_tables.md"]),
@@ -92,6 +105,7 @@ STUDIES = {
     "quality": ([], _check_quality, ["quality.png"]),
     "speed": ([], _check_speed, ["speed.png"]),
     "consistency": ([], _check_consistency, ["consistency.png", "interpolation.png"]),
+    "guided-inversion": ([], _check_guided_inversion, ["guided-inversion.png", "guided-inversion.md"]),
 }
 
 

@@ -1,5 +1,5 @@
-"""Reproducible studies: round trip, accuracy vs NFE, measured orders, exact inversion, sample quality,
-speed, consistency.
+"""Reproducible studies: round trip, accuracy vs NFE, measured orders, exact inversion, inversion under
+guidance, sample quality, speed, consistency.
 
 Each is a library function that writes a JSON of every number (with the environment) and its plots
 or tables, and is exposed as ``ddim-ode bench <study>``; :func:`replot` redraws them from the JSON
@@ -18,6 +18,7 @@ from .accuracy import SUITES, accuracy_study
 from .accuracy_report import render_accuracy
 from .common import StudyRun
 from .consistency import consistency_study
+from .guided_inversion import guided_inversion_study, render_guided_inversion
 from .inversion import inversion_study, write_inversion_table
 from .orders import orders_study, write_orders_table
 from .quality import plot_quality, quality_study
@@ -30,6 +31,7 @@ __all__ = [
     "StudyRun",
     "accuracy_study",
     "consistency_study",
+    "guided_inversion_study",
     "inversion_study",
     "orders_study",
     "quality_study",
@@ -46,6 +48,7 @@ STUDIES: dict[str, Callable[..., dict[str, Any]]] = {
     "quality": quality_study,
     "speed": speed_study,
     "consistency": consistency_study,
+    "guided-inversion": guided_inversion_study,
 }
 
 _REPLOT: dict[str, Callable[[dict[str, Any], Path], Path]] = {
@@ -55,6 +58,7 @@ _REPLOT: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "inversion": write_inversion_table,
     "quality": plot_quality,
     "speed": plot_speed,
+    "guided-inversion": render_guided_inversion,
 }
 
 
