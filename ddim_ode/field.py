@@ -91,6 +91,39 @@ def _conversion(prediction: str, a: float, s: float) -> tuple[float, float, floa
     return 1.0, a, 1.0, -s  # flow
 
 
+def conditioning_arguments(
+    model: Any,
+    model_kwargs: dict[str, Any] | None,
+    guidance_scale: float | None,
+    uncond_kwargs: dict[str, Any] | None,
+) -> tuple[dict[str, Any], float | None, dict[str, Any] | None]:
+    """Checked copies of (model_kwargs, guidance weight, unconditional kwargs).
+
+    Under guidance without ``uncond_kwargs``, a :class:`NullConditionModel` is asked for
+    ``null_kwargs(model_kwargs)``; any other model is refused. ``uncond_kwargs`` without guidance
+    is refused too.
+    """
+    for name, kw in (("model_kwargs", model_kwargs), ("uncond_kwargs", uncond_kwargs)):
+        if kw is not None and not isinstance(kw, dict):
+            raise TypeError(f"{name} must be a dict of keyword arguments, got {type(kw).__name__}")
+    cond = dict(model_kwargs or {})
+    if guidance_scale is None:
+        if uncond_kwargs is not None:
+            raise ValueError("uncond_kwargs given without guidance_scale; pass guidance_scale=w to guide")
+        return cond, None, None
+    w = float(guidance_scale)
+    if not math.isfinite(w):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if uncond_kwargs is None:
+        if not isinstance(model, NullConditionModel):
+            raise ValueError(
+                "guidance_scale needs the unconditional call: pass uncond_kwargs=... (the keyword arguments "
+                "of the unconditional model call), or give the model a null_kwargs(model_kwargs) method"
+            )
+        uncond_kwargs = model.null_kwargs(dict(cond))
+    return cond, w, dict(uncond_kwargs)
+
+
 class ProbabilityFlowODE:
     """The vector field ``f(x̄, σ) = dx̄/dσ = ε̂(x̄, σ)`` defined by a network and a schedule.
 
@@ -156,10 +189,6 @@ class ProbabilityFlowODE:
         exact = callable(getattr(model, "eps_xbar", None))
         if not callable(model) and not exact:
             raise TypeError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
-        if model_kwargs is not None and not isinstance(model_kwargs, dict):
-            raise TypeError(f"model_kwargs must be a dict of keyword arguments, got {type(model_kwargs).__name__}")
-        if uncond_kwargs is not None and not isinstance(uncond_kwargs, dict):
-            raise TypeError(f"uncond_kwargs must be a dict of keyword arguments, got {type(uncond_kwargs).__name__}")
         if batch_size is not None and (
             isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
         ):
@@ -169,24 +198,9 @@ class ProbabilityFlowODE:
         self.prediction: Prediction = prediction
         self.model_dtype = model_dtype if model_dtype is not None else _model_dtype(model)
         self.exact = exact
-        self.model_kwargs: dict[str, Any] = dict(model_kwargs or {})
-        self.guidance_scale: float | None = None
-        self.uncond_kwargs: dict[str, Any] | None = None
-        if guidance_scale is not None:
-            w = float(guidance_scale)
-            if not math.isfinite(w):
-                raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-            if uncond_kwargs is None:
-                if not isinstance(model, NullConditionModel):
-                    raise ValueError(
-                        "guidance_scale needs the unconditional call: pass uncond_kwargs=... (the keyword arguments "
-                        "of the unconditional model call), or give the model a null_kwargs(model_kwargs) method"
-                    )
-                uncond_kwargs = model.null_kwargs(dict(self.model_kwargs))
-            self.guidance_scale = w
-            self.uncond_kwargs = dict(uncond_kwargs)
-        elif uncond_kwargs is not None:
-            raise ValueError("uncond_kwargs given without guidance_scale; pass guidance_scale=w to guide")
+        self.model_kwargs, self.guidance_scale, self.uncond_kwargs = conditioning_arguments(
+            model, model_kwargs, guidance_scale, uncond_kwargs
+        )
         if exact and (self.model_kwargs or self.guidance_scale is not None):
             raise ValueError(
                 "model_kwargs and guidance need a network model(x_t, t, **kwargs); an exact SigmaModel takes none"

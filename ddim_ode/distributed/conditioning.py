@@ -10,7 +10,6 @@ resume with other labels or another weight is refused.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..field import NullConditionModel
+from ..field import conditioning_arguments
 from .fingerprints import jsonable, sha256, tensor_bytes
 
 __all__ = ["RunConditioning"]
@@ -62,25 +61,7 @@ class RunConditioning:
     ) -> RunConditioning:
         """Check the arguments; without ``uncond_kwargs`` a guided run asks the model
         (a :class:`~ddim_ode.field.NullConditionModel`) for ``null_kwargs(model_kwargs)`` now, before any work."""
-        for name, kw in (("model_kwargs", model_kwargs), ("uncond_kwargs", uncond_kwargs)):
-            if kw is not None and not isinstance(kw, dict):
-                raise TypeError(f"{name} must be a dict of keyword arguments, got {type(kw).__name__}")
-        cond = dict(model_kwargs or {})
-        w: float | None = None
-        if guidance_scale is not None:
-            w = float(guidance_scale)
-            if not math.isfinite(w):
-                raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-            if uncond_kwargs is None:
-                if not isinstance(model, NullConditionModel):
-                    raise ValueError(
-                        "guidance_scale needs the unconditional call: pass uncond_kwargs=... (the keyword arguments "
-                        "of the unconditional model call), or give the model a null_kwargs(model_kwargs) method"
-                    )
-                uncond_kwargs = model.null_kwargs(dict(cond))
-            uncond_kwargs = dict(uncond_kwargs)
-        elif uncond_kwargs is not None:
-            raise ValueError("uncond_kwargs given without guidance_scale; pass guidance_scale=w to guide")
+        cond, w, uncond_kwargs = conditioning_arguments(model, model_kwargs, guidance_scale, uncond_kwargs)
         names = frozenset(
             k
             for kw in (cond, uncond_kwargs or {})
