@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from .field import PREDICTIONS, Prediction
@@ -309,6 +308,8 @@ def reference_solve(
         return field(xb, float(s)).to(torch.float64).reshape(-1).detach().cpu().numpy()
 
     y0 = xbar.detach().to(torch.float64).reshape(-1).cpu().numpy()
+    from scipy.integrate import solve_ivp  # scipy is loaded only for a reference solve
+
     res = solve_ivp(rhs, (float(sigma_from), float(sigma_to)), y0, method=method, rtol=rtol, atol=atol)
     if not res.success:
         raise RuntimeError(f"reference solve failed: {res.message}")
