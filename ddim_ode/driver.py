@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import torch
@@ -126,10 +126,10 @@ def _solve_span(field: ProbabilityFlowODE, x: Tensor, sig: Tensor, slv: Solver, 
 
 
 def _solve_chunks(
-    req: _Request, field: ProbabilityFlowODE, sig: Tensor, slv: Solver, adjoint: Adjoint | None, state: Any
+    req: _Request, x: Tensor, field: ProbabilityFlowODE, sig: Tensor, slv: Solver, adjoint: Adjoint | None, state: Any
 ) -> Solution:
-    """Solve the whole batch, or ``batch_size`` samples at a time (results concatenated, NFE summed)."""
-    x = req.x
+    """Solve ``x`` (the request's input as a plain tensor) whole, or ``batch_size`` samples at a time
+    (results concatenated, NFE summed)."""
     size = check_batch_size(req.batch_size)
     kw = dict(trajectory=req.trajectory, check_finite=req.check_finite, adjoint=adjoint)
     if size is None or x.shape[0] <= size:
@@ -179,7 +179,6 @@ def _drive(req: _Request, direction: Direction, x_name: str) -> Tensor | Solutio
     sig = _grid(req, resolved.schedule, direction)
     slv = get_solver(req.solver, **(req.solver_options or {}))
     state, x = _start_state(req, slv)
-    req = replace(req, x=x)
     field = ProbabilityFlowODE(
         resolved.model,
         resolved.schedule,
@@ -189,7 +188,7 @@ def _drive(req: _Request, direction: Direction, x_name: str) -> Tensor | Solutio
         uncond_kwargs=req.uncond_kwargs,
         batch_size=req.x.shape[0],
     )
-    sol = _solve_chunks(req, field, sig, slv, _adjoint_strategy(req, slv), state)
+    sol = _solve_chunks(req, x, field, sig, slv, _adjoint_strategy(req, slv), state)
     return sol if req.return_solution else sol.x
 
 

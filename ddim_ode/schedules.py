@@ -40,6 +40,7 @@ parameter and its allowed range.
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -142,6 +143,8 @@ class Schedule(ABC):
 
         For a variance-preserving path a = √ᾱ = 1/√(1 + σ²) (0 at σ = ∞).
         """
+        if isinstance(sigma, float):  # host floats in plain arithmetic: the driver calls this per solve
+            return 0.0 if math.isinf(sigma) else (1.0 + sigma * sigma) ** -0.5  # type: ignore[return-value]
         s = _to64(sigma)
         return _out(torch.rsqrt(1.0 + s * s), sigma)
 
@@ -150,6 +153,8 @@ class Schedule(ABC):
 
         For a variance-preserving path s = √(1 − ᾱ) = σ/√(1 + σ²) (1 at σ = ∞).
         """
+        if isinstance(sigma, float):
+            return 1.0 if math.isinf(sigma) else sigma * (1.0 + sigma * sigma) ** -0.5  # type: ignore[return-value]
         s = _to64(sigma)
         return _out(torch.where(torch.isinf(s), torch.ones_like(s), s * torch.rsqrt(1.0 + s * s)), sigma)
 
@@ -174,12 +179,12 @@ class Schedule(ABC):
         """
         return float(self.t_max), float(self.t_min)
 
-    @property
+    @functools.cached_property
     def sigma_min(self) -> float:
         """σ at the smallest timestep ``t_min`` (the last noisy point of a decoding grid)."""
         return float(self.sigma(float(self.t_min)))
 
-    @property
+    @functools.cached_property
     def sigma_max(self) -> float:
         """σ at the largest timestep ``t_max`` (pure noise; ``inf`` for a path that reaches a = 0)."""
         return float(self.sigma(float(self.t_max)))
@@ -381,10 +386,14 @@ class VESchedule(Schedule):
 
     def scale(self, sigma: T) -> T:
         """a = 1: the network sees x̄ itself."""
+        if isinstance(sigma, float):
+            return 1.0  # type: ignore[return-value]
         return _out(torch.ones_like(_to64(sigma)), sigma)
 
     def noise_scale(self, sigma: T) -> T:
         """s = σ."""
+        if isinstance(sigma, float):
+            return sigma  # type: ignore[return-value]
         return _out(_to64(sigma).clone(), sigma)
 
     def __repr__(self) -> str:
@@ -528,10 +537,14 @@ class FlowSchedule(Schedule):
 
     def scale(self, sigma: T) -> T:
         """a = 1 − τ = 1/(1 + σ̄) (0 at σ̄ = ∞)."""
+        if isinstance(sigma, float):
+            return 1.0 / (1.0 + sigma)  # type: ignore[return-value]
         return _out(1.0 / (1.0 + _to64(sigma)), sigma)
 
     def noise_scale(self, sigma: T) -> T:
         """s = τ = σ̄/(1 + σ̄) (1 at σ̄ = ∞)."""
+        if isinstance(sigma, float):
+            return 0.0 if sigma == 0.0 else 1.0 / (1.0 + 1.0 / sigma)  # type: ignore[return-value]
         return _out(1.0 / (1.0 + 1.0 / _to64(sigma)), sigma)
 
     def grid_time(self, t: Tensor) -> Tensor:
