@@ -554,12 +554,13 @@ BENCH_OPTIONS: dict[str, dict[str, str]] = {
         "quality": "higher",
         "speed": "solvers",
         "consistency": "solver",
+        "fewstep": "solvers",
     },
     "steps": {"roundtrip": "steps", "inversion": "steps", "quality": "steps", "speed": "steps", "consistency": "steps"},
     "num": {"roundtrip": "num", "accuracy": "num", "inversion": "num", "quality": "num"},
     "dtype": {"roundtrip": "dtype", "quality": "dtype", "speed": "dtype", "consistency": "dtype"},
     "suite": {"accuracy": "suite"},
-    "problems": {"accuracy": "problems"},
+    "problems": {"accuracy": "problems", "fewstep": "problems"},
     "grids": {"accuracy": "grids", "inversion": "grids"},
     "nfes": {"accuracy": "nfes"},
 }
@@ -718,7 +719,7 @@ def _mismatch_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-STUDY_NAMES = ("roundtrip", "accuracy", "orders", "inversion", "quality", "speed", "consistency")
+STUDY_NAMES = ("roundtrip", "accuracy", "orders", "inversion", "quality", "speed", "consistency", "fewstep")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,6 +84,17 @@ def _check_consistency(doc):
     assert dist[-1] == 0.0 and dist[0] > dist[1] > 0
 
 
+def _check_fewstep(doc):
+    rows = _rows(doc, problem="mixture64", solver="dpm-solver++2m", kind="standard")
+    best = {}
+    for r in rows:
+        assert r["error"] is not None and math.isfinite(r["error"]) and r["nfe"] <= r["target_nfe"]
+        best[r["target_nfe"]] = min(best.get(r["target_nfe"], math.inf), r["error"])
+    assert list(best) == [3, 5, 10] and best[3] > best[5] > best[10]
+    assert _rows(doc, problem="mixture64", kind="diffusers") and _rows(doc, problem="digits", kind="tuned")
+    assert doc["targets"]["mixture64"]["10"]["ratio"] > 0
+
+
 STUDIES = {
     "roundtrip": ([], _check_roundtrip, ["roundtrip.png", "roundtrip_images.png"]),
     "accuracy": (["--problems", "ring,mixture64"], _check_accuracy, ["accuracy.png", "accuracy_tables.md"]),
@@ -92,6 +103,7 @@ STUDIES = {
     "quality": ([], _check_quality, ["quality.png"]),
     "speed": ([], _check_speed, ["speed.png"]),
     "consistency": ([], _check_consistency, ["consistency.png", "interpolation.png"]),
+    "fewstep": ([], _check_fewstep, ["fewstep.png", "fewstep.md"]),
 }
 
 

@@ -18,6 +18,7 @@ from .accuracy import SUITES, accuracy_study
 from .accuracy_report import render_accuracy
 from .common import StudyRun
 from .consistency import consistency_study
+from .fewstep import fewstep_study, render_fewstep
 from .inversion import inversion_study, write_inversion_table
 from .orders import orders_study, write_orders_table
 from .quality import plot_quality, quality_study
@@ -30,6 +31,7 @@ __all__ = [
     "StudyRun",
     "accuracy_study",
     "consistency_study",
+    "fewstep_study",
     "inversion_study",
     "orders_study",
     "quality_study",
@@ -46,6 +48,7 @@ STUDIES: dict[str, Callable[..., dict[str, Any]]] = {
     "quality": quality_study,
     "speed": speed_study,
     "consistency": consistency_study,
+    "fewstep": fewstep_study,
 }
 
 _REPLOT: dict[str, Callable[[dict[str, Any], Path], Path]] = {
@@ -55,6 +58,7 @@ _REPLOT: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "inversion": write_inversion_table,
     "quality": plot_quality,
     "speed": plot_speed,
+    "fewstep": render_fewstep,
 }
 
 
