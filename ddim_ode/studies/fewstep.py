@@ -41,7 +41,7 @@ FD_NFES = (6, 10)
 #: RK4 steps of the accurate samples whose Fréchet distance is the converged value
 FD_REF_STEPS = 32
 #: tune_grid sizes: exact oracles are cheap, networks are not
-_TUNE_ANALYTIC = dict(num_samples=128, heldout_samples=128, candidates=40, reference_steps=160, refine_solves=40)
+_TUNE_ANALYTIC = dict(num_samples=64, heldout_samples=64, candidates=24, reference_steps=96, refine_solves=20)
 _TUNE_NETWORK = dict(num_samples=16, heldout_samples=16, candidates=20, reference_steps=48, refine_solves=12)
 _TUNE_QUICK = dict(num_samples=8, heldout_samples=8, candidates=10, reference_steps=16, refine_solves=0)
 

@@ -70,12 +70,14 @@ def diffusers_sample(problem: FewStepProblem, name: str, nfe: int, z: Tensor | N
 
     sched = diffusers_schedulers(problem)[name](diffusers)
     net = field_network(problem.field(), "flow" if problem.flow else "eps")
-    x = (problem.z if z is None else z).float() * sched.init_noise_sigma
+    x = (problem.z if z is None else z).float()
+    if not problem.flow:  # flow-matching schedulers start from the noise itself and scale nothing
+        x = x * sched.init_noise_sigma
     sched.set_timesteps(nfe)
     calls = 0
     with torch.no_grad():
         for t in sched.timesteps:
-            out = net(sched.scale_model_input(x, t), t)
+            out = net(x if problem.flow else sched.scale_model_input(x, t), t)
             calls += 1
             x = sched.step(out.float(), t, x).prev_sample
     return x, calls
