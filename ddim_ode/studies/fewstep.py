@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..grids import make_grid
-from ..solvers import SOLVERS
+from ..solvers import SOLVERS, get_solver
 from ..tuning import grid_nfe, tune_grid
 from .common import StudyRun, environment, finish, progress, pyplot, rms, save_figure, write_markdown
 from .fewstep_diffusers import diffusers_sample, diffusers_schedulers
@@ -47,8 +47,10 @@ _TUNE_QUICK = dict(num_samples=8, heldout_samples=8, candidates=10, reference_st
 
 
 def deterministic_solvers() -> list[str]:
-    """Every registered fixed-step, deterministic solver (``ddim`` is left out: at η = 0 it is ``euler``)."""
-    return sorted(n for n, s in SOLVERS.items() if not s.adaptive and not s.stochastic and n != "ddim")
+    """Every registered fixed-step ODE solver: not adaptive, not stochastic (``ddpm`` draws fresh noise per step);
+    ``ddim`` is left out too (at η = 0 it is ``euler``)."""
+    solvers = {n: get_solver(n) for n in SOLVERS if n != "ddim"}  # the flags may be set per instance
+    return sorted(n for n, s in solvers.items() if not s.adaptive and not s.stochastic)
 
 
 class _Budget:
@@ -334,7 +336,12 @@ def render_fewstep(doc: dict[str, Any], out_dir: str | Path) -> Path:
         ax.set_ylabel("RMS error of x0 vs accurate solve")
         ax.set_title(name)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
     out = save_figure(fig, Path(out_dir) / "fewstep.png")
     write_markdown(Path(out_dir) / "fewstep.md", fewstep_tables(doc))
     return out
