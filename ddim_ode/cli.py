@@ -658,6 +658,7 @@ BENCH_OPTIONS: dict[str, dict[str, str]] = {
         "speed": "solvers",
         "consistency": "solver",
         "guided-inversion": "solvers",
+        "fewstep": "solvers",
     },
     "steps": {
         "roundtrip": "steps",
@@ -676,7 +677,7 @@ BENCH_OPTIONS: dict[str, dict[str, str]] = {
         "guided-inversion": "dtype",
     },
     "suite": {"accuracy": "suite"},
-    "problems": {"accuracy": "problems"},
+    "problems": {"accuracy": "problems", "fewstep": "problems"},
     "grids": {"accuracy": "grids", "inversion": "grids"},
     "nfes": {"accuracy": "nfes"},
     "model": {"roundtrip": "model", "quality": "model", "speed": "model", "consistency": "model"},
@@ -893,7 +894,17 @@ def _mismatch_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
-STUDY_NAMES = ("roundtrip", "accuracy", "orders", "inversion", "quality", "speed", "consistency", "guided-inversion")
+STUDY_NAMES = (
+    "roundtrip",
+    "accuracy",
+    "orders",
+    "inversion",
+    "quality",
+    "speed",
+    "consistency",
+    "guided-inversion",
+    "fewstep",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

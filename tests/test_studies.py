@@ -97,6 +97,17 @@ def _check_guided_inversion(doc):
     assert mse("digits-flow", "euler", None) > 1e-4 and mse("digits-flow", "belm", None) < 1e-9
 
 
+def _check_fewstep(doc):
+    rows = _rows(doc, problem="mixture64", solver="dpm-solver++2m", kind="standard")
+    best = {}
+    for r in rows:
+        assert r["error"] is not None and math.isfinite(r["error"]) and r["nfe"] <= r["target_nfe"]
+        best[r["target_nfe"]] = min(best.get(r["target_nfe"], math.inf), r["error"])
+    assert list(best) == [3, 5, 10] and best[3] > best[5] > best[10]
+    assert _rows(doc, problem="mixture64", kind="diffusers") and _rows(doc, problem="digits", kind="tuned")
+    assert doc["targets"]["mixture64"]["10"]["ratio"] > 0
+
+
 STUDIES = {
     "roundtrip": ([], _check_roundtrip, ["roundtrip.png", "roundtrip_images.png"]),
     "accuracy": (["--problems", "ring,mixture64"], _check_accuracy, ["accuracy.png", "accuracy_tables.md"]),
@@ -106,6 +117,7 @@ STUDIES = {
     "speed": ([], _check_speed, ["speed.png"]),
     "consistency": ([], _check_consistency, ["consistency.png", "interpolation.png"]),
     "guided-inversion": ([], _check_guided_inversion, ["guided-inversion.png", "guided-inversion.md"]),
+    "fewstep": ([], _check_fewstep, ["fewstep.png", "fewstep.md"]),
 }
 
 

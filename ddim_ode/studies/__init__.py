@@ -18,6 +18,7 @@ from .accuracy import SUITES, accuracy_study
 from .accuracy_report import render_accuracy
 from .common import StudyRun
 from .consistency import consistency_study
+from .fewstep import fewstep_study, render_fewstep
 from .guided_inversion import guided_inversion_study, render_guided_inversion
 from .inversion import inversion_study, write_inversion_table
 from .orders import orders_study, write_orders_table
@@ -32,6 +33,7 @@ __all__ = [
     "accuracy_study",
     "consistency_study",
     "guided_inversion_study",
+    "fewstep_study",
     "inversion_study",
     "orders_study",
     "quality_study",
@@ -49,6 +51,7 @@ STUDIES: dict[str, Callable[..., dict[str, Any]]] = {
     "speed": speed_study,
     "consistency": consistency_study,
     "guided-inversion": guided_inversion_study,
+    "fewstep": fewstep_study,
 }
 
 _REPLOT: dict[str, Callable[[dict[str, Any], Path], Path]] = {
@@ -59,6 +62,7 @@ _REPLOT: dict[str, Callable[[dict[str, Any], Path], Path]] = {
     "quality": plot_quality,
     "speed": plot_speed,
     "guided-inversion": render_guided_inversion,
+    "fewstep": render_fewstep,
 }
 
 
