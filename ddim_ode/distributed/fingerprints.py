@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -54,6 +55,8 @@ def fingerprint(obj: Any) -> dict[str, Any]:
     for name in sorted(attrs):
         if name.startswith("_") and not isinstance(obj, Schedule):
             continue
+        if isinstance(getattr(type(obj), name, None), functools.cached_property):
+            continue  # a value derived from the others and cached on first use (e.g. sigma_max)
         val = attrs[name]
         if isinstance(val, Tensor):
             chunks += [name.encode(), tensor_bytes(val)]
