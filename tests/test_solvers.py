@@ -207,7 +207,7 @@ def _gaussian_error(name: str, options: dict[str, Any], n: int, direction: str) 
 @pytest.mark.parametrize("direction", ["decode", "encode"])
 @pytest.mark.parametrize("case", ORDER_CASES, ids=_id)
 def test_order_on_exact_gaussian(case, direction):
-    """Measured order of convergence against the closed-form solution (MATH.md §4), float64.
+    """Measured order of convergence against the closed-form solution (docs/math.md §11), float64.
 
     Data N(μ, 0.5²) in 2-D; grid geometric in σ (uniform in λ = −log σ) between σ = 2 and σ = 0.05,
     given with ``sigmas=`` (decoding 2 → 0.05, encoding 0.05 → 2). The range straddles the data
@@ -519,7 +519,7 @@ def test_stochastic_sampling_matches_gaussian_statistics(name, options):
 
 UNIT_DATA = analytic.GaussianMixture(torch.tensor([[1.0, 0.0, -1.0], [-1.0, 0.5, 1.0]]), 0.5**2)
 # Reversible Heun is exact algebraically, but its stability region is the imaginary axis: on this
-# dissipative ODE rounding errors grow at small n (MATH.md §6; float32 round trips measured in
+# dissipative ODE rounding errors grow at small n (docs/math.md §9; float32 round trips measured in
 # docs/solvers.md reach ~4e-7 at n = 5 on the Karras grid). Its float32 bound is therefore looser.
 FLOAT32_BOUND = {"reversible-heun": 1e-8}
 
