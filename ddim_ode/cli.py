@@ -41,7 +41,6 @@ from .cli_io import (
     add_arrays,
     check_writable,
     check_writable_dir,
-    decoding_arrays,
     latent_arrays,
     output_paths,
     read_images,
@@ -370,15 +369,7 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
             res = encode_to_dir(images, args.shard_dir, **kw)
     if info.rank == 0:
         if images is not None and res.merged is not None:
-            settings = decoding_arrays(
-                kind="encoded",
-                solver=plan.solver,
-                solver_options=plan.options,
-                grid=plan.grid,
-                steps=plan.steps,
-                sigmas=plan.sigmas,
-            )
-            add_arrays(Path(res.out_dir) / DECODE_INPUT, **settings, **m.record(cond).arrays())
+            add_arrays(Path(res.out_dir) / DECODE_INPUT, **plan.arrays("encoded"), **m.record(cond).arrays())
         print(
             f"{res.num} {'samples' if kind == 'sample' else 'latents'} in {res.out_dir}: "
             f"{res.shards_skipped} of {res.shards_total} shards were already complete, "
@@ -433,16 +424,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if m.text is not None:  # latents -> images through the pipeline's VAE
         x0 = m.text.to_images(x0, args.batch_size)
     wall = time.perf_counter() - t0
-    arrays = latent_arrays(
-        x_T.cpu().numpy(),
-        kind="noise",
-        solver=plan.solver,
-        solver_options=plan.options,
-        grid=plan.grid,
-        steps=plan.steps,
-        sigmas=plan.sigmas,
-        model=m.record(cond),
-    )
+    arrays = latent_arrays(x_T.cpu().numpy(), plan.arrays("noise"), m.record(cond))
     write_outputs(
         png, image_grid(to_unit(x0), ncol=int(np.ceil(np.sqrt(args.num)))), npz, samples=x0.cpu().numpy(), **arrays
     )
@@ -479,17 +461,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
         )
     # a reversible solver: store its auxiliary state for an exact decode
     state = state_to_arrays(concat_states([s.state for s in sols])) if plan.reversible else None
-    arrays = latent_arrays(
-        _cat(sols).cpu().numpy(),
-        kind="encoded",
-        solver=plan.solver,
-        solver_options=plan.options,
-        grid=plan.grid,
-        steps=plan.steps,
-        sigmas=plan.sigmas,
-        model=m.record(cond),
-        state_arrays=state,
-    )
+    arrays = latent_arrays(_cat(sols).cpu().numpy(), plan.arrays("encoded"), m.record(cond), state)
     write_outputs(npz=npz, **arrays)
     print(f"encoded {x0.shape[0]} images with {plan.solver}, n={plan.steps}{_conditioned(cond)} -> {npz}")
 

@@ -139,25 +139,14 @@ class LatentFile:
 
 def latent_arrays(
     latents: np.ndarray,
-    *,
-    kind: Literal["noise", "encoded"],
-    solver: str,
-    solver_options: dict[str, Any],
-    grid: str,
-    steps: int,
-    sigmas: np.ndarray,
+    decoding: dict[str, np.ndarray],
     model: ModelRecord,
     state_arrays: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The named arrays of a latents file (to pass to :func:`~ddim_ode._files.save_npz`)."""
-    return {
-        LATENT_KEY: latents,
-        **decoding_arrays(
-            kind=kind, solver=solver, solver_options=solver_options, grid=grid, steps=steps, sigmas=sigmas
-        ),
-        **model.arrays(),
-        **(state_arrays or {}),
-    }
+    """The named arrays of a latents file (to pass to :func:`~ddim_ode._files.save_npz`): the
+    latents, their decoding settings (:func:`decoding_arrays`), the model record and a reversible
+    solver's state."""
+    return {LATENT_KEY: latents, **decoding, **model.arrays(), **(state_arrays or {})}
 
 
 def decoding_arrays(

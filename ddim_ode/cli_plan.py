@@ -20,11 +20,11 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from .cli_io import LatentFile, ModelRecord
+from .cli_io import LatentFile, ModelRecord, decoding_arrays
 from .grids import GRIDS, make_grid, sigmas_from_timesteps
 from .schedules import Schedule
 from .solvers import SOLVERS, get_solver
@@ -178,6 +178,17 @@ class Plan:
     @property
     def reversible(self) -> bool:
         return get_solver(self.solver, **self.options).reversible
+
+    def arrays(self, kind: Literal["noise", "encoded"]) -> dict[str, np.ndarray]:
+        """This plan as the decoding settings a latents file records (:func:`~ddim_ode.cli_io.decoding_arrays`)."""
+        return decoding_arrays(
+            kind=kind,
+            solver=self.solver,
+            solver_options=self.options,
+            grid=self.grid,
+            steps=self.steps,
+            sigmas=self.sigmas,
+        )
 
 
 def _sigmas_argument(text: str) -> np.ndarray:
