@@ -31,7 +31,8 @@ Grids:
 "uniform" and "quad" are spaced in the schedule's grid time
 (:meth:`~ddim_ode.schedules.Schedule.grid_time`, t itself except for a flow's shift) between
 :attr:`~ddim_ode.schedules.Schedule.grid_span` by default; "logsnr" and "karras" space σ between
-``sigma_max`` and ``sigma_min`` and need both finite (for a flow, pass ``t_hi`` below ``t_max``).
+:attr:`~ddim_ode.schedules.Schedule.sigma_top` (``sigma_max`` when it is finite; on a flow, one
+training level below pure noise, where diffusers' flow-σ grids start) and ``sigma_min``.
 On a discrete schedule "uniform" and "quad" round timesteps to integers (the network was trained
 on those); "logsnr" and "karras" use fractional timesteps.
 """
@@ -73,14 +74,22 @@ def _timesteps(schedule: Schedule, u: np.ndarray) -> np.ndarray:
 
 def _sigma_range(schedule: Schedule, name: str, t_hi: float | None, t_lo: float | None) -> tuple[float, float, bool]:
     """(σ top, σ bottom, trailing 0) of a grid spaced in σ; the top must be finite."""
-    s_hi = schedule.sigma_max if t_hi is None else float(schedule.sigma(float(t_hi)))
+    s_hi = schedule.sigma_top if t_hi is None else float(schedule.sigma(float(t_hi)))
     s_lo = schedule.sigma_min if t_lo is None else float(schedule.sigma(float(t_lo)))
     if not np.isfinite(s_hi):
         raise ValueError(
-            f"the {name!r} grid spaces sigma between finite ends, but {schedule!r} starts at sigma = inf; "
+            f"the {name!r} grid spaces sigma between finite ends, but t_hi = {t_hi!r} is sigma = inf; "
             f"give a top t_hi below t_max = {schedule.t_max:g}, or use the 'uniform' grid"
         )
     return s_hi, s_lo, t_lo is None
+
+
+def _exact_ends(sig: np.ndarray, s_hi: float, s_lo: float) -> np.ndarray:
+    """``sig`` with its ends set to the range's own values (the maps through log σ or σ^(1/ρ) round them)."""
+    sig[0] = s_hi
+    if sig.size > 1:
+        sig[-1] = s_lo
+    return sig
 
 
 def _count(n: int, to_zero: bool) -> int:
@@ -131,7 +140,7 @@ def logsnr_grid(schedule: Schedule, n: int, t_hi: float | None = None, t_lo: flo
     s_hi, s_lo, to_zero = _sigma_range(schedule, "logsnr", t_hi, t_lo)
     m = _count(n, to_zero)
     sig = np.exp(np.linspace(np.log(s_hi), np.log(s_lo), m)) if m > 1 else np.array([s_hi])
-    return _assemble(schedule, sig, False, to_zero)
+    return _assemble(schedule, _exact_ends(sig, s_hi, s_lo), False, to_zero)
 
 
 def karras_grid(
@@ -142,7 +151,7 @@ def karras_grid(
     m = _count(n, to_zero)
     ramp = np.linspace(0.0, 1.0, m) if m > 1 else np.array([0.0])
     sig = (s_hi ** (1 / rho) + ramp * (s_lo ** (1 / rho) - s_hi ** (1 / rho))) ** rho
-    return _assemble(schedule, sig, False, to_zero)
+    return _assemble(schedule, _exact_ends(sig, s_hi, s_lo), False, to_zero)
 
 
 GridFn = Callable[..., Tensor]

@@ -190,6 +190,15 @@ class Schedule(ABC):
         return float(self.sigma(float(self.t_max)))
 
     @property
+    def sigma_top(self) -> float:
+        """The largest finite σ: where the grids spaced in σ ("logsnr", "karras") start.
+
+        ``sigma_max`` when it is finite; a path that reaches pure noise at σ = ∞ names its own
+        (:class:`FlowSchedule`: the top of diffusers' flow-σ grids).
+        """
+        return self.sigma_max
+
+    @property
     def is_discrete(self) -> bool:
         return False
 
@@ -562,6 +571,16 @@ class FlowSchedule(Schedule):
     def grid_span(self) -> tuple[float, float]:
         """u from 1 (pure noise) down to τ_floor, the span of diffusers' ``set_timesteps``."""
         return 1.0, self.tau_floor
+
+    @property
+    def sigma_top(self) -> float:
+        """σ̄ at the unshifted time u = 1 − 1/N (N = ``num_train_timesteps``), shifted: shift · (N − 1).
+
+        The first point of diffusers' flow-σ grids (``DPMSolverMultistepScheduler(use_flow_sigmas=True)``
+        starts at u = 1 − 1/N); the "logsnr" and "karras" grids of a flow start here, one training
+        level below pure noise, as σ_min sits one level above the data.
+        """
+        return self.effective_shift * (self.num_train_timesteps - 1.0)
 
     def __repr__(self) -> str:
         if self.use_dynamic_shifting:

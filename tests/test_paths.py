@@ -111,7 +111,7 @@ def test_flow_shift_scales_sigma():
         (lambda: FlowSchedule(mu=1.0), "mu applies only with use_dynamic_shifting=True"),
         (lambda: FlowSchedule(use_dynamic_shifting=True, mu=math.inf), "mu must be a finite number"),
         (lambda: make_grid(FlowSchedule(use_dynamic_shifting=True), "uniform", 4), "has no mu yet"),
-        (lambda: make_grid(FlowSchedule(), "karras", 4), "'karras' grid spaces sigma between finite ends"),
+        (lambda: make_grid(FlowSchedule(), "karras", 4, t_hi=1000.0), "'karras' grid spaces sigma between finite ends"),
     ],
 )
 def test_bad_schedule_parameters_are_refused(build, pattern):
@@ -269,6 +269,23 @@ def test_flow_grid_and_euler_equal_diffusers_flow_match_euler(config):
     seen = torch.stack([t[0] for t in net.timesteps]).double()
     assert float((seen - ref.timesteps.double()).abs().max()) < 2e-4
     assert float((got - want).abs().max()) < 5e-6, float((got - want).abs().max())  # float32 rounding (6e-7 seen)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+def test_flow_sigma_spaced_grids_start_at_the_top_of_diffusers_flow_sigmas(shift):
+    from diffusers import DPMSolverMultistepScheduler
+
+    sch = FlowSchedule(shift=shift)
+    ref = DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=shift)
+    ref.set_timesteps(6)
+    tau0 = float(ref.sigmas[0].double())
+    assert sch.sigma_top == pytest.approx(tau0 / (1 - tau0), rel=2e-4)  # diffusers' float32 sigmas
+    assert sch.sigma_top == shift * 999.0
+    for name in ("logsnr", "karras"):
+        sig = make_grid(sch, name, 6)
+        assert sig[0] == sch.sigma_top and sig[-2] == pytest.approx(sch.sigma_min) and sig[-1] == 0.0
+        assert bool((sig[1:] < sig[:-1]).all())
+    assert DiscreteSchedule.linear().sigma_top == DiscreteSchedule.linear().sigma_max
 
 
 # --------------------------------------------------------------------------------------------- VE / EDM
