@@ -29,7 +29,17 @@ from .schedules import Schedule
 from .solvers import Solver, get_solver
 from .solvers.reversible import ReversibleLatent
 
-__all__ = ["Solution", "Adjoint", "DirectAdjoint", "solve", "step_from_noise", "tabulate", "to_xbar", "from_xbar"]
+__all__ = [
+    "Solution",
+    "Adjoint",
+    "DirectAdjoint",
+    "solve",
+    "solve_x",
+    "step_from_noise",
+    "tabulate",
+    "to_xbar",
+    "from_xbar",
+]
 
 Callback = Callable[[int, float, Tensor], None]
 
@@ -217,5 +227,38 @@ def solve(
         nfe=field.nfe - nfe0,
         trajectory=torch.stack(traj) if traj is not None else None,
         state=final_state,
+        solver=slv,
+    )
+
+
+def solve_x(field: ProbabilityFlowODE, x: Tensor, sig: Tensor, slv: Solver, state: Any = None, **kw: Any) -> Solution:
+    """:func:`solve` from ``x`` (model scale at ``sig[0]``) along ``sig``; keywords go to :func:`solve`.
+
+    An endpoint at σ = ∞ (pure noise on a flow path, where x̄ is infinite) is taken by the exact
+    limit of the DDIM step: from σ = ∞ down to σ₁, x̄₁ = x̂0 + σ₁ ε̂ with (ε̂, x̂0) evaluated on the
+    noise itself; from σ_n up to σ = ∞, the end is pure noise x = ε̂(x̄_n, σ_n). Either costs one NFE.
+    """
+    head, tail = math.isinf(float(sig[0])), math.isinf(float(sig[-1]))
+    if not (head or tail):
+        return solve(field, to_xbar(x, float(sig[0]), field.schedule), sig, slv, state=state, **kw)
+    if slv.reversible:
+        raise ValueError(
+            f"solver {slv.name!r} inverts exactly only between finite noise levels; the grid reaches sigma = inf "
+            "(pure noise): start it below the top (e.g. sigmas=grid[1:] or t_start < t_max)"
+        )
+    if head:
+        nfe0 = field.nfe
+        sol = solve(field, step_from_noise(field, x, float(sig[1])), sig[1:], slv, state=state, **kw)
+        sol.sigmas, sol.nfe = sig, field.nfe - nfe0
+        return sol
+    sol = solve(field, to_xbar(x, float(sig[0]), field.schedule), sig[:-1], slv, state=state, **kw)
+    noise = field(sol.xbar, float(sig[-2]))
+    return Solution(
+        x=noise,
+        xbar=torch.full_like(noise, math.inf),
+        sigmas=sig,
+        nfe=sol.nfe + 1,
+        trajectory=sol.trajectory,
+        state=sol.state,
         solver=slv,
     )

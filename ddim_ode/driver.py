@@ -10,7 +10,6 @@ is chosen; one private :class:`_Request` carries their arguments to :func:`_driv
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -19,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .checks import GridLike, check_batch_size, check_n, check_x, data_grid, span_grid
-from .core import Adjoint, Solution, solve, step_from_noise, to_xbar
+from .core import Adjoint, Solution, solve_x
 from .field import EpsModel, Prediction, ProbabilityFlowODE, SigmaModel
 from .models import resolve_model
 from .schedules import Schedule
@@ -92,39 +91,6 @@ def _grid(req: _Request, schedule: Schedule, direction: Direction) -> Tensor:
     return sig.flip(0) if direction == "encode" else sig
 
 
-def _solve_span(field: ProbabilityFlowODE, x: Tensor, sig: Tensor, slv: Solver, state: Any, **kw: Any) -> Solution:
-    """:func:`~ddim_ode.core.solve` from ``x`` (model scale at ``sig[0]``) along ``sig``.
-
-    An endpoint at σ = ∞ (pure noise on a flow path, where x̄ is infinite) is taken by the exact
-    limit of the DDIM step: from σ = ∞ down to σ₁, x̄₁ = x̂0 + σ₁ ε̂ with (ε̂, x̂0) evaluated on the
-    noise itself; from σ_n up to σ = ∞, the end is pure noise x = ε̂(x̄_n, σ_n). Either costs one NFE.
-    """
-    head, tail = math.isinf(float(sig[0])), math.isinf(float(sig[-1]))
-    if not (head or tail):
-        return solve(field, to_xbar(x, float(sig[0]), field.schedule), sig, slv, state=state, **kw)
-    if slv.reversible:
-        raise ValueError(
-            f"solver {slv.name!r} inverts exactly only between finite noise levels; the grid reaches sigma = inf "
-            "(pure noise): start it below the top (e.g. sigmas=grid[1:] or t_start < t_max)"
-        )
-    if head:
-        nfe0 = field.nfe
-        sol = solve(field, step_from_noise(field, x, float(sig[1])), sig[1:], slv, state=state, **kw)
-        sol.sigmas, sol.nfe = sig, field.nfe - nfe0
-        return sol
-    sol = solve(field, to_xbar(x, float(sig[0]), field.schedule), sig[:-1], slv, state=state, **kw)
-    noise = field(sol.xbar, float(sig[-2]))
-    return Solution(
-        x=noise,
-        xbar=torch.full_like(noise, math.inf),
-        sigmas=sig,
-        nfe=sol.nfe + 1,
-        trajectory=sol.trajectory,
-        state=sol.state,
-        solver=slv,
-    )
-
-
 def _solve_chunks(
     req: _Request, x: Tensor, field: ProbabilityFlowODE, sig: Tensor, slv: Solver, adjoint: Adjoint | None, state: Any
 ) -> Solution:
@@ -133,11 +99,11 @@ def _solve_chunks(
     size = check_batch_size(req.batch_size)
     kw = dict(trajectory=req.trajectory, check_finite=req.check_finite, adjoint=adjoint)
     if size is None or x.shape[0] <= size:
-        return _solve_span(field, x, sig, slv, state, **kw)
+        return solve_x(field, x, sig, slv, state, **kw)
     if state is not None or slv.reversible:
         raise ValueError("batch_size cannot split a solver state (reversible solvers): pass smaller batches")
     parts = [
-        _solve_span(field.select(slice(i, i + size)), x[i : i + size], sig, slv, None, **kw)
+        solve_x(field.select(slice(i, i + size)), x[i : i + size], sig, slv, None, **kw)
         for i in range(0, x.shape[0], size)
     ]
     return Solution(

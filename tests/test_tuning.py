@@ -242,9 +242,10 @@ def test_dynamic_programme_matches_brute_force(history):
 
 def test_step_costs_are_the_solvers_own_local_errors_at_one_nfe_per_candidate():
     sig = candidate_sigmas(SCHEDULE, 6)
-    x = torch.randn(5, MIXTURE.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * float(sig[0])
+    z = torch.randn(5, MIXTURE.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     field = ddim_ode.ProbabilityFlowODE(MIXTURE, SCHEDULE)
-    ref = reference_trajectory(field, x, sig, 24)
+    ref = reference_trajectory(field, z, sig, 24)
+    assert torch.allclose(ref.states[0], z * (1 + float(sig[0]) ** 2) ** 0.5, rtol=1e-13, atol=0)
     assert isinstance(ref, Reference) and ref.states.shape == (len(sig), 5, MIXTURE.dim)
     euler = step_costs(field, ddim_ode.get_solver("euler"), ref)
     assert not euler.history and euler.nfe == len(sig) - 1  # ε once per noisy candidate, nothing more
@@ -256,7 +257,6 @@ def test_step_costs_are_the_solvers_own_local_errors_at_one_nfe_per_candidate():
     heun = step_costs(field, ddim_ode.get_solver("heun"), ref)
     noisy = len(sig) - 1
     assert not heun.history and heun.nfe == noisy + noisy * (noisy - 1) // 2  # + one stage per pair not to 0
-    z = x / (1 + float(sig[0]) ** 2) ** 0.5  # the noise in the model's scale, as a sampler starting lower sees it
     assert heun.start[0] == 0.0 and np.isinf(heun.start[-1])
     assert heun.start[2] == pytest.approx(
         float((z * (1 + float(sig[2]) ** 2) ** 0.5 - ref.states[2]).pow(2).mean().sqrt())
@@ -272,6 +272,68 @@ def test_step_costs_are_the_solvers_own_local_errors_at_one_nfe_per_candidate():
     want = (sig[j] / sig[i]) * ref.states[i] - phi1 * d[1] - 0.5 * phi1 / r0 * (d[1] - d[0])
     got = float((want - ref.states[j]).pow(2).mean().sqrt())
     assert multistep.triples[k, i, j] == pytest.approx(got, rel=1e-10)
+
+
+# --------------------------------------------------------------------------------------------- flow paths
+
+FLOW = ddim_ode.FlowSchedule(shift=3.0)
+FLOW_MIXTURE = GaussianMixture.random(k=3, dim=4, seed=2)
+FLOW_SMALL = {**SMALL, "model": FLOW_MIXTURE.as_model(FLOW, "flow"), "schedule": FLOW, "prediction": "flow"}
+FLOW_SMALL["shape"] = (FLOW_MIXTURE.dim,)
+
+
+def test_flow_candidates_start_at_pure_noise_then_the_top_finite_sigma():
+    sig = candidate_sigmas(FLOW, 8)
+    assert math.isinf(float(sig[0])) and float(sig[1]) == FLOW.sigma_top and float(sig[-1]) == 0.0
+    assert float(sig[-2]) == pytest.approx(FLOW.sigma_min) and bool((sig[1:] < sig[:-1]).all())
+
+
+def test_flow_reference_and_step_costs_from_pure_noise():
+    field = ddim_ode.ProbabilityFlowODE(FLOW_SMALL["model"], FLOW, "flow")
+    sig = candidate_sigmas(FLOW, 6)
+    z = torch.randn(6, FLOW_MIXTURE.dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ref = reference_trajectory(field, z, sig, 60)
+    assert torch.isinf(ref.states[0]).all() and torch.isfinite(ref.states[1:]).all()
+    rk4 = ddim_ode.get_solver("rk4", final_step="full")
+    exact = ddim_ode.decode(z, rk4, 400, model=field.model, schedule=FLOW, prediction="flow")  # from sigma = inf
+    assert float((ref.states[-1] - exact).pow(2).mean().sqrt()) <= ref.error < 2e-3  # within its own bound
+    costs = step_costs(field, ddim_ode.get_solver("dpm-solver++2m"), ref)
+    eps, x0 = field.evaluate_x(z, math.inf)
+    for j in (1, 3, len(sig) - 1):  # a step from pure noise is the exact limit of the DDIM step
+        want = float((x0 + float(sig[j]) * eps - ref.states[j]).pow(2).mean().sqrt())
+        assert costs.pairs[0, j] == pytest.approx(want, rel=1e-12)
+    assert np.array_equal(costs.triples[0, 1:], costs.pairs[1:])  # the solver starts afresh after it
+    assert costs.start[0] == 0.0
+    assert costs.start[2] == pytest.approx(float((z * (1 + float(sig[2])) - ref.states[2]).pow(2).mean().sqrt()))
+
+
+@pytest.mark.parametrize("solver", ["euler", "dpm-solver++2m"])
+def test_flow_tuned_grid_is_never_worse_than_the_flow_grids_and_decodes(solver, tmp_path):
+    g = ddim_ode.tune_grid(5, solver, **FLOW_SMALL)
+    assert set(g.default_heldout_errors) == {"uniform", "logsnr", "karras", "quad"}
+    assert g.heldout_error <= min(g.default_heldout_errors.values())
+    sig = g.sigmas
+    assert float(sig[-1]) == 0.0 and bool((sig[1:] < sig[:-1]).all()) and len(sig) == 6
+    assert math.isinf(float(sig[0])) or float(sig[0]) <= FLOW.sigma_top
+    gen = torch.Generator().manual_seed(g.heldout_seed)
+    z = torch.randn(g.heldout_samples, FLOW_MIXTURE.dim, generator=gen, dtype=torch.float64)
+    kw = dict(model=FLOW_SMALL["model"], schedule=FLOW, prediction="flow")
+    ref = ddim_ode.decode(z, ddim_ode.get_solver("rk4", final_step="full"), 400, **kw)
+    sol = ddim_ode.decode(z, solver, sigmas=sig, return_solution=True, **kw)
+    assert sol.nfe == g.nfe
+    assert float((sol.x - ref).pow(2).mean().sqrt()) == pytest.approx(g.heldout_error, rel=1e-3)
+    path = tmp_path / "flow.json"
+    g.save(path)
+    assert torch.equal(read_sigmas(path), sig)  # "inf" survives the JSON file
+
+
+def test_flow_grid_file_may_start_at_inf_only(tmp_path):
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(["inf", 3.0, 0.5, 0.0]))
+    assert read_sigmas(path).tolist() == [math.inf, 3.0, 0.5, 0.0]
+    path.write_text(json.dumps([5.0, "inf", 0.0]))
+    with pytest.raises(ValueError, match="must be a list of at least 2 numbers"):
+        read_sigmas(path)
 
 
 # --------------------------------------------------------------------------------------------- published grids

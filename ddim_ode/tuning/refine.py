@@ -8,6 +8,9 @@ g = softmax(a, 0) ∈ Δ^n (n + 1 gaps, the first above σ_0, the last between �
 
 so every parameter vector a ∈ ℝ^n is a valid strictly decreasing grid inside [σ_min, σ_max]. A
 grid held at σ_0 = σ_max moves only its n − 1 other points (n gaps, a ∈ ℝ^{n−1}).
+A grid of a flow path that starts at pure noise (σ_0 = ∞) keeps that point and moves the others
+in [σ_min, σ_top] (σ_top the schedule's largest finite σ, passed as σ_max).
+
 Nelder–Mead (scipy) minimises the objective (the RMS error of a full solve on the tuning noises,
 as in Xue et al. 2024, "Accelerating Diffusion Sampling with Optimized Time Steps", who optimise
 the steps directly) within a fixed number of evaluations; it is deterministic.
@@ -69,9 +72,16 @@ def refine_grid(
     """The best grid Nelder–Mead finds from ``sigmas`` in ``evaluations`` calls of ``objective``.
 
     ``sigmas`` is a decoding grid (ending at 0) whose noisy points lie in [``sigma_min``,
-    ``sigma_max``]; with ``keep_top`` its first point is σ_max and stays there. Returns (grid,
+    ``sigma_max``] (``sigma_max`` finite), but for a first point ``inf``, which stays; with
+    ``keep_top`` its first point is ``sigma_max`` and stays there. Returns (grid,
     objective value, evaluations used); the grid is ``sigmas`` itself when nothing better was found.
     """
+    if math.isinf(float(sigmas[0])):
+        head = sigmas[:1]
+        tail, value, used = refine_grid(
+            lambda g: objective(torch.cat([head, g])), sigmas[1:], sigma_max, sigma_min, evaluations
+        )
+        return torch.cat([head, tail]), value, used
     start = float(objective(sigmas))
     gaps = _Gaps(sigma_max, sigma_min, keep_top)
     a0 = gaps.logits(sigmas)

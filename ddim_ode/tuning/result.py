@@ -2,7 +2,8 @@
 
 The file is a JSON object with ``format`` ``"ddim_ode.tuned_grid"``, ``format_version`` 1,
 ``sigmas`` (the decoding grid, decreasing, ending at 0; floats written with full precision so they
-read back bit for bit) and the record of how the grid was tuned (see :class:`TunedGrid`; an error
+read back bit for bit; a grid of a flow path that starts at pure noise, σ = ∞, starts with the
+string ``"inf"``) and the record of how the grid was tuned (see :class:`TunedGrid`; an error
 that is infinite because a solve blew up is written as ``null``).
 :func:`read_sigmas` reads the grid from such a file or from a plain JSON list of σ values.
 """
@@ -29,6 +30,10 @@ FORMAT_VERSION = 1
 _ERRORS = ("heldout_error", "tuned_heldout_error", "tuning_error", "reference_error")
 
 
+#: how a grid's first σ = ∞ (pure noise on a flow path) is written: JSON has no infinity
+INF = "inf"
+
+
 def _to_null(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -42,7 +47,8 @@ class TunedGrid:
     """A σ grid tuned for one model, solver and number of steps, with the record of its tuning.
 
     Attributes:
-        sigmas: the float64 decoding grid (decreasing, ending at 0): ``decode(..., sigmas=sigmas)``.
+        sigmas: the float64 decoding grid (decreasing, ending at 0; on a flow path it may start at
+            ``inf``, pure noise): ``decode(..., sigmas=sigmas)``.
         model: the model's source (``"default"``, a directory) or ``repr`` of a model object.
         schedule: ``repr`` of the model's schedule.
         solver: the solver's name; ``solver_options`` the options it was built with.
@@ -107,7 +113,7 @@ class TunedGrid:
     def to_json(self) -> dict[str, Any]:
         """The JSON object of the file format (``sigmas`` as a list of floats, an infinite error as ``null``)."""
         body = asdict(self)
-        body["sigmas"] = [float(s) for s in self.sigmas.tolist()]
+        body["sigmas"] = _grid_json(self.sigmas)
         for name in _ERRORS:
             body[name] = _to_null(body[name])
         body["default_heldout_errors"] = {k: _to_null(v) for k, v in self.default_heldout_errors.items()}
@@ -151,12 +157,22 @@ class TunedGrid:
         )
 
 
+def _grid_json(sig: Tensor) -> list[float | str]:
+    """A decoding grid as JSON: floats, and a first σ = ∞ (pure noise of a flow path) as the string ``"inf"``."""
+    return [INF if math.isinf(s) else float(s) for s in sig.tolist()]
+
+
 def _grid_tensor(values: Any, what: str) -> Tensor:
+    if isinstance(values, list) and values and values[0] == INF:
+        values = [math.inf, *values[1:]]
     if not isinstance(values, list) or len(values) < 2 or not all(isinstance(v, (int, float)) for v in values):
-        raise ValueError(f"{what} must be a list of at least 2 numbers")
+        raise ValueError(f"{what} must be a list of at least 2 numbers (the first may be {INF!r})")
     sig = torch.tensor(values, dtype=torch.float64)
-    if not bool(torch.isfinite(sig).all()) or not bool((sig[1:] < sig[:-1]).all()) or float(sig[-1]) != 0.0:
-        raise ValueError(f"{what} must be finite, strictly decreasing and end at 0 (a decoding grid)")
+    finite = bool(torch.isfinite(sig[1:]).all()) and not math.isnan(float(sig[0]))
+    if not finite or not bool((sig[1:] < sig[:-1]).all()) or float(sig[-1]) != 0.0:
+        raise ValueError(
+            f"{what} must be strictly decreasing and end at 0, every value finite but a first {INF!r} (a decoding grid)"
+        )
     return sig
 
 

@@ -30,17 +30,24 @@ and keeps the path with the least actual global error.
 The network is called once per candidate (ε at x̄*_i, served from :class:`KnownField` whenever a
 solver asks for it again); a one-stage step from a reference state then costs nothing more, a
 Heun step one evaluation per pair (i, j).
+
+On a flow path the first candidate is σ = ∞ (pure noise). A step from there is what
+:func:`~ddim_ode.decode` takes from σ = ∞ whatever the solver: the exact limit of the DDIM step,
+x̄_j = x̂0 + σ_j ε̂ with (ε̂, x̂0) evaluated on the noise (:func:`~ddim_ode.core.step_from_noise`);
+the solver then starts afresh at σ_j, so a step i → j after ∞ → i costs what it costs with a fresh
+state.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import from_xbar, to_xbar
+from ..core import to_xbar
 from ..field import ProbabilityFlowODE
 from ..solvers import Solver
 from .reference import Reference, rms
@@ -95,7 +102,8 @@ def _weights(ref: Reference) -> np.ndarray:
     s2 = float(end.var(dim=0, unbiased=False).mean()) if end.shape[0] > 1 else 1.0
     s2 = max(s2, 1e-12)
     sig = ref.sigmas.numpy()
-    return np.sqrt(s2 / (s2 + sig * sig))
+    # no step ends at σ = ∞ (a flow's pure noise): its weight is never used, and 1 keeps inf · w = inf
+    return np.where(np.isinf(sig), 1.0, np.sqrt(s2 / (s2 + sig * sig)))
 
 
 def step_costs(field: ProbabilityFlowODE, slv: Solver, ref: Reference) -> StepCosts:
@@ -105,9 +113,10 @@ def step_costs(field: ProbabilityFlowODE, slv: Solver, ref: Reference) -> StepCo
     sig = ref.sigmas.tolist()
     size = len(sig)
     states = [ref.states[i] for i in range(size)]
-    for i in range(size - 1):
+    first = 1 if math.isinf(sig[0]) else 0  # the first finite candidate
+    for i in range(first, size - 1):
         known.remember(states[i], sig[i], known(states[i], sig[i]))
-    span = torch.tensor([sig[0], 0.0], dtype=torch.float64)  # what init() sees: a decoding run ending at 0
+    span = torch.tensor([sig[first], 0.0], dtype=torch.float64)  # what init() sees: a decoding run ending at 0
 
     def init(x: Tensor) -> Any:
         return slv.init(known, x, span)
@@ -116,19 +125,24 @@ def step_costs(field: ProbabilityFlowODE, slv: Solver, ref: Reference) -> StepCo
         c = rms(out, states[j])
         return c if np.isfinite(c) else np.inf
 
-    out, state = slv.step(known, states[0], sig[0], sig[1], init(states[0]))
+    out, state = slv.step(known, states[first], sig[first], sig[first + 1], init(states[first]))
     costs = StepCosts(state is not None, _weights(ref))  # a step that returns a state carries history
-    costs.pairs[0, 1] = cost(out, 1)
-    z = from_xbar(states[0], sig[0], field.schedule)
+    costs.pairs[first, first + 1] = cost(out, first + 1)
     costs.start[0] = 0.0
     for s in range(1, size - 1):
-        costs.start[s] = cost(to_xbar(z, sig[s], field.schedule), s)
-    for i in range(size - 1):
-        for j in range(i + 1 if i else 2, size):
+        costs.start[s] = cost(to_xbar(ref.noise, sig[s], field.schedule), s)
+    if first:
+        eps, x0 = known.evaluate_x(ref.noise, math.inf)
+        for j in range(1, size):
+            costs.pairs[0, j] = cost(torch.add(x0, eps, alpha=sig[j]), j)
+    for i in range(first, size - 1):
+        for j in range(i + 1 if i > first else first + 2, size):
             out, _ = slv.step(known, states[i], sig[i], sig[j], init(states[i]))
             costs.pairs[i, j] = cost(out, j)
     if costs.history:
-        for k in range(size - 2):
+        if first:  # after the step from pure noise the solver starts afresh
+            costs.triples[0, 1:, :] = costs.pairs[1:, :]
+        for k in range(first, size - 2):
             for i in range(k + 1, size - 1):
                 _, state = slv.step(known, states[k], sig[k], sig[i], init(states[k]))
                 for j in range(i + 1, size):

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..analytic import AnalyticModel
 from ..checks import check_n
-from ..core import solve, to_xbar
+from ..core import solve, solve_x
 from ..field import EpsModel, ProbabilityFlowODE, SigmaModel
 from ..grids import GRIDS, logsnr_grid, make_grid
 from ..models import ResolvedModel, resolve_model
@@ -40,7 +40,12 @@ class _ZeroField:
 
 
 def grid_nfe(solver: Solver, schedule: Schedule, sigmas: Tensor) -> int:
-    """Network evaluations ``solver`` makes along the decoding grid ``sigmas`` (counted, not estimated)."""
+    """Network evaluations ``solver`` makes along the decoding grid ``sigmas`` (counted, not estimated).
+
+    A grid from σ = ∞ (pure noise on a flow path) takes one evaluation to leave it, then the rest.
+    """
+    if math.isinf(float(sigmas[0])):
+        return 1 + grid_nfe(solver, schedule, sigmas[1:])
     field = ProbabilityFlowODE(_ZeroField(), schedule)
     return solve(field, torch.zeros(1, 1, dtype=torch.float64), sigmas, solver).nfe
 
@@ -104,8 +109,7 @@ class _Noises:
 
     def error(self, grid: Tensor) -> tuple[float, int]:
         """(RMS error at σ = 0, NFE) of ``slv`` along ``grid``; the error is ``inf`` when the solve blows up."""
-        x_top = to_xbar(self.z, float(grid[0]), self.field.schedule)
-        sol = solve(self.field, x_top, grid, self.slv, check_finite=False)
+        sol = solve_x(self.field, self.z, grid, self.slv, check_finite=False)
         err = rms(sol.xbar, self.end)
         return (err if math.isfinite(err) else math.inf), sol.nfe
 
@@ -229,7 +233,6 @@ def tune_grid(
     event = _sample_shape(resolved, shape)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     field = ProbabilityFlowODE(resolved.model, sched, prediction=resolved.prediction)
-    sigma_max = sched.sigma_max
     phases: dict[str, int] = {}
 
     def spent(phase: str, since: int) -> int:
@@ -244,7 +247,7 @@ def tune_grid(
     with torch.no_grad():
         mark = field.nfe
         z = _noise(event, num_samples, seed, dev)
-        ref = reference_trajectory(field, to_xbar(z, sigma_max, sched), cands, reference_steps)
+        ref = reference_trajectory(field, z, cands, reference_steps)
         tuning = _Noises(field, slv, z, ref.states[-1])
         mark = spent("reference", mark)
         costs = step_costs(field, slv, ref)
@@ -254,14 +257,14 @@ def tune_grid(
         mark = spent("search", mark)
         if refine:
             refined, refined_err, _ = refine_grid(
-                tuning.objective, tuned, sigma_max, sched.sigma_min, refine_solves, keep_top
+                tuning.objective, tuned, sched.sigma_top, sched.sigma_min, refine_solves, keep_top
             )
             if refined_err < train_err:
                 tuned, train_err, method = refined, refined_err, "dp+refine"
             mark = spent("refine", mark)
         h_seed = seed + 1 if heldout_seed is None else int(heldout_seed)
         z_h = _noise(event, heldout_samples, h_seed, dev)
-        end_h = reference_trajectory(field, to_xbar(z_h, sigma_max, sched), cands, reference_steps, False).states[-1]
+        end_h = reference_trajectory(field, z_h, cands, reference_steps, False).states[-1]
         (tuned_err, tuned_nfe), default_err, default_nfe = _compare(_Noises(field, slv, z_h, end_h), tuned, standard)
         spent("heldout", mark)
 
