@@ -34,14 +34,17 @@ from .fewstep_problems import FEWSTEP_PROBLEMS, FewStepProblem, make_fewstep_pro
 __all__ = ["fewstep_study", "render_fewstep", "deterministic_solvers"]
 
 DEFAULT_NFES = (3, 4, 5, 6, 8, 10)
-DEFAULT_TUNED = ("dpm-solver++2m", "unipc")
+DEFAULT_TUNED = ("dpm-solver++2m", "unipc", "ipndm")
+#: the solvers tuned on the network problems (tuning unipc costs tens of thousands of NFE: its corrector
+#: evaluates the network off the reference at every pair of steps)
+NETWORK_TUNED = ("dpm-solver++2m", "ipndm")
 #: NFE at which the tuned grids are made on the network problems (each tuning costs ~1k NFE)
 NETWORK_TUNED_NFES = (5, 10)
 FD_NFES = (6, 10)
 #: RK4 steps of the accurate samples whose Fréchet distance is the converged value
 FD_REF_STEPS = 32
 #: tune_grid sizes: exact oracles are cheap, networks are not
-_TUNE_ANALYTIC = dict(num_samples=64, heldout_samples=64, candidates=24, reference_steps=96, refine_solves=20)
+_TUNE_ANALYTIC = dict(num_samples=256, heldout_samples=128, candidates=24, reference_steps=96, refine_solves=20)
 _TUNE_NETWORK = dict(num_samples=16, heldout_samples=16, candidates=20, reference_steps=48, refine_solves=12)
 _TUNE_QUICK = dict(num_samples=8, heldout_samples=8, candidates=10, reference_steps=16, refine_solves=0)
 
@@ -232,6 +235,7 @@ def fewstep_study(
     *,
     solvers: Sequence[str] | None = None,
     tuned: Sequence[str] = DEFAULT_TUNED,
+    network_tuned: Sequence[str] = NETWORK_TUNED,
     nfes: Sequence[int] = DEFAULT_NFES,
     num: int = 64,
     network_num: int = 32,
@@ -243,8 +247,8 @@ def fewstep_study(
     Args:
         problems: names from :data:`~ddim_ode.studies.fewstep_problems.FEWSTEP_PROBLEMS`.
         solvers: the solvers on standard grids (default :func:`deterministic_solvers`).
-        tuned: the solvers also run on tuned grids (on the network problems the first one only, at
-            NFE 5 and 10; none on a flow path, whose σ_max is infinite).
+        tuned: the solvers also run on grids tuned to the analytic problem, at every NFE;
+            ``network_tuned``: those tuned to each network problem, at NFE 5 and 10.
         nfes: the NFE budgets.
         num: noises per analytic problem; ``network_num`` per network problem.
         fd_num: samples per Fréchet distance (built-in models only).
@@ -263,7 +267,7 @@ def fewstep_study(
         problems = [p for p in problems if p in ("mixture64", "digits")]
         nfes, num, network_num = (3, 5, 10), 8, 8
         names = [n for n in names if n in ("euler", "dpm-solver++2m")]
-        tuned = tuned[:1]
+        tuned, network_tuned = tuned[:1], network_tuned[:1]
     doc_problems, results, fds, targets = [], [], {}, {}
     for name in progress(problems, len(problems), "fewstep", run.show_progress):
         t0 = time.perf_counter()
@@ -271,7 +275,7 @@ def fewstep_study(
         ref_steps = 16 if run.quick else (96 if network else 256)
         prob = make_fewstep_problem(name, network_num if network else num, seed=seed, ref_steps=ref_steps, device=dev)
         rows = _standard_rows(prob, names, nfes)
-        tune_solvers = [] if prob.flow else (list(tuned[:1]) if network else list(tuned))
+        tune_solvers = list(network_tuned if network else tuned)
         tune_nfes = [n for n in nfes if n in NETWORK_TUNED_NFES] if network and not run.quick else list(nfes)
         sizes = _TUNE_QUICK if run.quick else (_TUNE_NETWORK if network else _TUNE_ANALYTIC)
         rows += _tuned_rows(prob, tune_solvers, tune_nfes, sizes, seed + 1000)
@@ -289,6 +293,7 @@ def fewstep_study(
             "problems": doc_problems,
             "solvers": names,
             "tuned": list(tuned),
+            "network_tuned": list(network_tuned),
             "nfes": list(nfes),
             "num": num,
             "network_num": network_num,

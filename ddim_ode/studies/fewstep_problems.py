@@ -82,7 +82,7 @@ class FewStepProblem:
         model: an ε/flow network ``model(x_t, t)`` or an exact oracle.
         schedule, prediction: as for :func:`~ddim_ode.decode`.
         z: the noise, float64.
-        grids: the standard grids tried (the finite-range grids do not exist on a flow path).
+        grids: the standard grids tried.
         ref_x0: the reference solution from ``z``; ``ref_error``: its error bound; ``ref_nfe``: its cost.
         network: whether ``model`` is a network (samples can be scored by the Fréchet distance).
         label: what the JSON says about the model.
@@ -170,7 +170,7 @@ def make_fewstep_problem(
             label += f", guidance w = {GUIDANCE:g}, labels 0..9 in turn"
     else:
         raise ValueError(f"unknown problem {name!r}; allowed: {', '.join(FEWSTEP_PROBLEMS)}")
-    grids = ("uniform", "quad") if schedule.rectified_flow else ("uniform", "quad", "logsnr", "karras")
+    grids = ("uniform", "quad", "logsnr", "karras")
     z = torch.randn((num, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dev)
     problem = FewStepProblem(name, model, schedule, prediction, z, grids, z, float("nan"), 0, network, label)
     problem.ref_x0, problem.ref_error, problem.ref_nfe = problem.reference(z, ref_steps)
