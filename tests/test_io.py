@@ -20,8 +20,10 @@ from ddim_ode.io import (
     load_model,
     load_torch_state_dict,
     load_weights_only,
+    native,
     save_model,
     schedule_from_dict,
+    schedule_json,
     schedule_to_dict,
 )
 from ddim_ode.schedules import ContinuousSchedule, DiscreteSchedule, FlowSchedule, VESchedule
@@ -242,7 +244,7 @@ BAD_SCHEDULES = {
 
 @pytest.mark.parametrize(("spec", "match"), BAD_SCHEDULES.values(), ids=BAD_SCHEDULES.keys())
 def test_schedule_descriptions_are_checked_before_building(monkeypatch, spec, match):
-    monkeypatch.setattr(io, "_build_schedule", lambda *args: pytest.fail("a schedule was built"))
+    monkeypatch.setattr(schedule_json, "build_schedule", lambda *args: pytest.fail("a schedule was built"))
     with pytest.raises(ValueError, match=match) as err:
         schedule_from_dict(spec)
     assert "\n" not in str(err.value)
@@ -403,7 +405,7 @@ def test_a_bad_config_is_refused_before_anything_is_built(saved, monkeypatch, ch
         build_network(self, cfg)
 
     monkeypatch.setattr(UNet, "_build", build_on_meta_only)
-    monkeypatch.setattr(io, "_build_schedule", lambda *args: pytest.fail("a schedule was built"))
+    monkeypatch.setattr(native, "build_schedule", lambda *args: pytest.fail("a schedule was built"))
     with pytest.raises(ModelFormatError, match=match) as err:
         load_model(path)
     assert "\n" not in str(err.value)

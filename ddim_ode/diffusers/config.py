@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..field import Prediction
+from ..io.schedule_json import MAX_TIMESTEPS
 from ..ranges import check_bool, check_float, check_float_list, check_int
 from ..schedules import DiscreteSchedule, FlowSchedule, Schedule
 
@@ -57,7 +58,6 @@ __all__ = [
     "FINAL_SIGMAS_TYPES",
     "FLOW_MATCHING_CLASSES",
     "DEFAULT_SOURCE",
-    "MAX_TRAIN_TIMESTEPS",
 ]
 
 #: diffusers' ``prediction_type`` names mapped to the package's names
@@ -69,8 +69,6 @@ FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 FLOW_MATCHING_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
 #: the scheduler class whose timesteps a config without ``_class_name`` is given
 DEFAULT_SOURCE = "DDIMScheduler"
-#: the largest ``num_train_timesteps`` (and ``trained_betas`` length) a config may ask for
-MAX_TRAIN_TIMESTEPS = 100_000
 #: ``DPMSolverMultistepScheduler`` with ``lower_order_final`` takes a first-order last step below this many steps
 LOWER_ORDER_FINAL_STEPS = 15
 #: the open interval (0, 1) of every beta, as keywords of check_float
@@ -146,7 +144,7 @@ def _get(config: Mapping[str, Any], key: str, default: Any) -> Any:
 
 
 def _num_train_timesteps(config: Mapping[str, Any]) -> int:
-    return check_int("num_train_timesteps", _get(config, "num_train_timesteps", 1000), 2, MAX_TRAIN_TIMESTEPS)
+    return check_int("num_train_timesteps", _get(config, "num_train_timesteps", 1000), 2, MAX_TIMESTEPS)
 
 
 def _vp_schedule(config: Mapping[str, Any]) -> DiscreteSchedule:
@@ -160,7 +158,7 @@ def _vp_schedule(config: Mapping[str, Any]) -> DiscreteSchedule:
     if trained is not None:
         if isinstance(trained, (torch.Tensor, np.ndarray)):
             trained = trained.tolist()
-        betas = check_float_list("trained_betas", trained, min_len=2, max_len=MAX_TRAIN_TIMESTEPS, **_OPEN_UNIT)
+        betas = check_float_list("trained_betas", trained, min_len=2, max_len=MAX_TIMESTEPS, **_OPEN_UNIT)
         return DiscreteSchedule(betas=torch.tensor(betas, dtype=torch.float64))
     kind = _check_choice(config, "beta_schedule", BETA_SCHEDULES, "linear")
     n = _num_train_timesteps(config)
@@ -213,7 +211,7 @@ def schedule_from_config(config: Mapping[str, Any]) -> Schedule:
 
     DDPM: ``scaled_linear`` is β = linspace(√β₀, √β₁, T)², ``squaredcos_cap_v2`` the cosine schedule
     of Nichol & Dhariwal 2021 (s = 0.008, β ≤ 0.999), as in diffusers; ``trained_betas`` are used as
-    given. Every number is checked (β in (0, 1), 2 ≤ T ≤ :data:`MAX_TRAIN_TIMESTEPS`).
+    given. Every number is checked (β in (0, 1), 2 ≤ T ≤ :data:`~ddim_ode.io.MAX_TIMESTEPS`).
     """
     if is_flow_matching(config):
         return flow_schedule(config)

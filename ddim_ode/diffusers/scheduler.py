@@ -51,7 +51,7 @@ from ..field import ProbabilityFlowODE
 from ..grids import GRIDS, make_grid
 from ..schedules import FlowSchedule, Schedule
 from ..solvers import Solver, get_solver, latent_state, list_solvers
-from ..solvers.exponential import DPMSolverPlusPlus2M
+from ..solvers.dpm_solver_pp import DPMSolverPlusPlus2M
 from .config import DEFAULT_SOURCE, SchedulerSpec, flow_schedule, jsonable_config, read_scheduler_config
 
 __all__ = ["ODEScheduler", "loop_solvers", "FLOW_SHIFT_KEYS"]
