@@ -179,7 +179,9 @@ def tune_grid(
 
     Errors are RMS differences at σ = 0 between the solver's result and the accurate solution
     from the same noise z at σ_max; every grid starts with x_T = z at its own first σ, as
-    :func:`~ddim_ode.decode` does.
+    :func:`~ddim_ode.decode` does. On a flow path σ_max = ∞ (pure noise): the candidates are ∞ and
+    log-σ points from the schedule's ``sigma_top`` down, and a step from ∞ is the exact limit of the
+    DDIM step, as :func:`~ddim_ode.decode` takes it (see :mod:`ddim_ode.tuning.search`).
 
     Args:
         n: number of steps (give ``n`` or ``nfe``).
@@ -191,7 +193,7 @@ def tune_grid(
         solver_options: keyword arguments for the solver's constructor.
         num_samples: noises the grid is tuned on; ``heldout_samples``: noises it is checked on.
         seed: seed of the tuning noises; ``heldout_seed`` that of the held-out ones (default seed + 1).
-        candidates: number of log-σ candidate points from σ_max to σ_min.
+        candidates: number of log-σ candidate points from σ_top (σ_max on VP and VE paths) to σ_min.
         reference_steps: least number of RK4 steps of the reference solutions (spread evenly over
             the candidate intervals; the reported ``reference_error`` says whether they suffice).
         shape: the shape of one sample; default the model's (a loaded model's ``sample_shape``, an
@@ -206,8 +208,9 @@ def tune_grid(
         defaults: the standard grids (names of :data:`~ddim_ode.grids.GRIDS`) to compare with.
 
     Returns:
-        A :class:`~ddim_ode.tuning.TunedGrid`: ``sigmas`` (float64, decreasing from at most σ_max,
-        ending at 0, for ``decode(..., sigmas=...)``) with held-out errors, NFE and tuning cost.
+        A :class:`~ddim_ode.tuning.TunedGrid`: ``sigmas`` (float64, decreasing from at most σ_max, which
+        is ``inf`` on a flow path, ending at 0, for ``decode(..., sigmas=...)``) with held-out errors, NFE
+        and tuning cost.
         Deterministic for fixed seeds.
     """
     start = time.perf_counter()
