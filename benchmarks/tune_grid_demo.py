@@ -1,12 +1,13 @@
 """Tuned grids against the standard ones: held-out error at n steps, tuned vs best default.
 
 For each model (an exact 16-D Gaussian mixture on the DDPM linear schedule, and the built-in
-digits model), solver and number of steps it runs :func:`ddim_ode.tune_grid` and prints the
+digits models, VP and rectified flow), solver and number of steps it runs :func:`ddim_ode.tune_grid` and prints the
 held-out RMS error at σ = 0 of the tuned grid and of the best standard grid with the same NFE,
 their ratio, the tuning cost in NFE and the reference's error bound. Timings are not reported.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_grid_demo.py --model mixture --json docs/results/tune_grid_mixture.json
     OMP_NUM_THREADS=1 python benchmarks/tune_grid_demo.py --model digits --json docs/results/tune_grid_digits.json
+    OMP_NUM_THREADS=1 python benchmarks/tune_grid_demo.py --model digits-flow --json docs/results/tune_grid_flow.json
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ MODELS: dict[str, dict[str, Any]] = {
         reference_steps=96,
         refine_solves=30,
     ),
+    "digits-flow": dict(
+        model="digits-flow",
+        num_samples=16,
+        heldout_samples=32,
+        candidates=16,
+        reference_steps=96,
+        refine_solves=30,
+    ),
 }
 
 
@@ -67,7 +76,7 @@ def run(model: str, solvers: list[str], steps: list[int]) -> list[dict[str, Any]
                     "tuning_nfe_by_phase": g.tuning_nfe_by_phase,
                     "reference_error": g.reference_error,
                     "default_errors": g.default_heldout_errors,
-                    "sigmas": g.sigmas.tolist(),
+                    "sigmas": g.to_json()["sigmas"],  # a first sigma = inf as "inf"
                 }
             )
             r = rows[-1]

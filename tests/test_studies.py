@@ -105,7 +105,22 @@ def _check_fewstep(doc):
         best[r["target_nfe"]] = min(best.get(r["target_nfe"], math.inf), r["error"])
     assert list(best) == [3, 5, 10] and best[3] > best[5] > best[10]
     assert _rows(doc, problem="mixture64", kind="diffusers") and _rows(doc, problem="digits", kind="tuned")
-    assert doc["targets"]["mixture64"]["10"]["ratio"] > 0
+    for target in doc["targets"]["mixture64"].values():  # the rerun agrees, and the interval holds the ratio
+        assert target["ratio_check"] == pytest.approx(target["ratio"], rel=1e-9)
+        lo, hi = target["ratio_90"]
+        assert 0 < lo <= target["ratio"] <= hi
+
+
+def test_ratio_interval_is_paired_and_covers_the_ratio():
+    from ddim_ode.studies.fewstep import ratio_interval
+
+    g = torch.Generator().manual_seed(3)
+    theirs = torch.rand(64, generator=g, dtype=torch.float64) + 0.5
+    lo, hi = ratio_interval(theirs * 0.25, theirs)  # a constant ratio of 1/2 per noise: no spread when paired
+    assert lo == pytest.approx(0.5, rel=1e-12) and hi == pytest.approx(0.5, rel=1e-12)
+    ours = torch.rand(64, generator=g, dtype=torch.float64) * 0.5
+    lo, hi = ratio_interval(ours, theirs)
+    assert lo < float((ours.mean() / theirs.mean()).sqrt()) < hi and hi - lo > 0.05
 
 
 STUDIES = {

@@ -212,19 +212,50 @@ def _fd_scores(
     return out
 
 
-def _targets(problem: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best error of ours (any solver, standard or tuned grid) over diffusers' best at 5 and 10 NFE."""
+def _sample_errors(problem: FewStepProblem, row: dict[str, Any]) -> torch.Tensor:
+    """Mean squared error of x0 per noise of the method of ``row`` (run again on the problem's noise)."""
+    if row["kind"] == "diffusers":
+        x0 = diffusers_sample(problem, row["solver"], row["target_nfe"])[0]
+    else:
+        sig = (
+            torch.tensor(row["sigmas"])
+            if row["kind"] == "tuned"
+            else make_grid(problem.schedule, row["grid"], row["n"])
+        )
+        x0 = problem.sample(problem.z, row["solver"], sig)[0]
+    d = (x0.double() - problem.ref_x0.double()).reshape(len(x0), -1)
+    return (d * d).mean(dim=1)
+
+
+def ratio_interval(ours: torch.Tensor, theirs: torch.Tensor, level: float = 0.9, draws: int = 2000) -> list[float]:
+    """Paired bootstrap interval of the ratio of RMS errors √(mean ours)/√(mean theirs) over the noises.
+
+    ``ours`` and ``theirs`` hold each noise's mean squared error; the same resampled noises enter both
+    (seeded, so the interval is reproducible).
+    """
+    idx = torch.randint(len(ours), (draws, len(ours)), generator=torch.Generator().manual_seed(0))
+    ratios = (ours[idx].mean(dim=1) / theirs[idx].mean(dim=1)).sqrt()
+    lo, hi = torch.quantile(ratios, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=ratios.dtype)).tolist()
+    return [lo, hi]
+
+
+def _targets(problem: FewStepProblem, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best error of ours (any solver, standard or tuned grid) over diffusers' best at 5 and 10 NFE, with a
+    90 % paired bootstrap interval over the noises."""
     out: dict[str, Any] = {}
     for nfe in (5, 10):
         ours, theirs = best_rows(rows, "ours", nfe), best_rows(rows, "diffusers", nfe)
         if ours is None or theirs is None:
             continue
+        a, b = _sample_errors(problem, ours), _sample_errors(problem, theirs)
         out[str(nfe)] = {
             "ours": f"{ours['solver']} / {ours['grid']}",
             "ours_error": ours["error"],
             "diffusers": theirs["solver"],
             "diffusers_error": theirs["error"],
             "ratio": ours["error"] / theirs["error"],
+            "ratio_check": float((a.mean() / b.mean()).sqrt()),
+            "ratio_90": ratio_interval(a, b),
             "target": 0.2 if nfe == 10 else 0.4,
         }
     return out
@@ -284,7 +315,7 @@ def fewstep_study(
             r["problem"] = name
         if fd_on and prob.network:
             fds[name] = _fd_scores(prob, rows, [n for n in FD_NFES if n in nfes], fd_num, seed + 1)
-        targets[name] = _targets(name, rows)
+        targets[name] = _targets(prob, rows)
         results += rows
         doc_problems.append(prob.describe() | {"seconds": round(time.perf_counter() - t0, 1)})
     doc = {
@@ -390,4 +421,25 @@ def fewstep_tables(doc: dict[str, Any]) -> str:
                     f"FD sampling noise (std over 5 subsets of {fd['num']} training digits): {fd['fd_noise']:.2f}",
                 ]
         lines.append("")
+    lines += _target_table(doc.get("targets", {}))
     return "\n".join(lines)
+
+
+def _target_table(targets: dict[str, Any]) -> list[str]:
+    """Markdown: our best over diffusers' best at 5 and 10 NFE per problem, with the 90 % interval."""
+    if not targets:
+        return []
+    lines = [
+        "### Ours / diffusers' best",
+        "",
+        "| problem | NFE | ours | diffusers | ratio | 90 % interval (bootstrap over noises) | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, per_nfe in targets.items():
+        for nfe, t in per_nfe.items():
+            lo, hi = t["ratio_90"]
+            lines.append(
+                f"| {name} | {nfe} | {t['ours']} {t['ours_error']:.4f} | {t['diffusers']} {t['diffusers_error']:.4f} "
+                f"| {t['ratio']:.2f} | {lo:.2f}–{hi:.2f} | ≤ {t['target']:g} |"
+            )
+    return [*lines, ""]
