@@ -38,7 +38,6 @@ from ._files import atomic_path
 from .cli_io import (
     LatentFile,
     ModelRecord,
-    add_arrays,
     check_writable,
     check_writable_dir,
     latent_arrays,
@@ -330,14 +329,12 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
 
     Sample (or image) ``i`` gets the class label ``labels[i % len(labels)]`` whatever the shard
     size, the number of processes or the interruptions; the manifest records the labels' hash and
-    the guidance, so a resume with others is refused. An encoding run adds to the merged
-    ``latents.npz`` what ``decode`` needs besides the solver: the grid, the model and its conditioning.
+    the guidance (and an explicit ``--sigmas``/``--timesteps`` grid), so a resume with others is
+    refused. An encoding run's merged ``latents.npz`` records what ``decode`` needs, as ``encode
+    --out`` does: the solver and grid, the model and its conditioning.
     """
     from .distributed import encode_to_dir, process_group, sample_to_dir
-    from .distributed.layout import DECODE_INPUT
 
-    if args.sigmas is not None or args.timesteps is not None:
-        raise CLIError("--sigmas/--timesteps cannot be combined with --out-dir; use -n and --grid")
     check_writable_dir(args.shard_dir)
     with process_group() as info:
         m = _load(args, args.shard_size)
@@ -350,8 +347,7 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
             model=m.model,
             schedule=m.schedule,
             solver=plan.solver,
-            n=plan.steps,
-            grid=plan.grid,
+            **plan.grid_arguments(),
             batch_size=args.batch_size,
             shard_size=args.shard_size,
             device=m.device,
@@ -366,10 +362,9 @@ def _to_dir(args: argparse.Namespace, kind: str) -> None:
         if images is None:
             res = sample_to_dir(args.shard_dir, args.num, seed=args.seed, shape=m.shape, **kw)
         else:
-            res = encode_to_dir(images, args.shard_dir, **kw)
+            settings = plan.arrays("encoded") | m.record(cond).arrays()
+            res = encode_to_dir(images, args.shard_dir, decode_settings=settings, **kw)
     if info.rank == 0:
-        if images is not None and res.merged is not None:
-            add_arrays(Path(res.out_dir) / DECODE_INPUT, **plan.arrays("encoded"), **m.record(cond).arrays())
         print(
             f"{res.num} {'samples' if kind == 'sample' else 'latents'} in {res.out_dir}: "
             f"{res.shards_skipped} of {res.shards_total} shards were already complete, "
@@ -546,7 +541,7 @@ def cmd_interpolate(args: argparse.Namespace) -> None:
     lat = slerp(ends[:1], ends[1:], torch.linspace(0, 1, args.frames)).to(m.device)
     # the same x_T decoded with several n means something for noise, not for latents encoded with one n
     noise = lf is None or lf.kind != "encoded"
-    grid = plan.grid if plan.grid in GRIDS else "uniform"
+    grid = plan.grid if plan.named else "uniform"
     kw = {k: v for k, v in _run_kwargs(plan, m).items() if k != "sigmas"}
     with torch.no_grad():
         strip = decode(lat, plan.solver, plan.steps, sigmas=plan.sigmas, **kw)
@@ -826,7 +821,8 @@ def _common(p: argparse.ArgumentParser, steps: int = 20, recorded: bool = False)
     p.add_argument(
         "--sigmas",
         metavar="S0,S1,...,0|FILE.json",
-        help="explicit decoding grid of sigmas, decreasing to 0, or a JSON file of them (e.g. from `tune-grid`)",
+        help="explicit decoding grid of sigmas, decreasing to 0 (a flow model may start at inf), "
+        "or a JSON file of them (e.g. from `tune-grid`)",
     )
     p.add_argument(
         "--timesteps", metavar="T0,T1,...", help="explicit decreasing timesteps (a final step to t=0 is added)"
