@@ -303,7 +303,11 @@ REFUSED = [
         "given twice",
     ),
     ("option-value-range", ["sample", "--solver", "ddim", "--solver-option", "eta=2"], "eta must be"),
-    ("option-value-order", ["sample", "--solver", "unipc", "--solver-option", "order=7"], "order must be"),
+    (
+        "option-value-order",
+        ["sample", "--solver", "unipc", "--solver-option", "order=7"],
+        "unknown UniPC order 7; allowed: 1, 2, 3",
+    ),
     # likelihood numbers
     ("likelihood-num-zero", ["likelihood", "--num", "0"], "--num must be >= 1"),
     ("likelihood-probes-zero", ["likelihood", "--probes", "0"], "--probes must be >= 1"),

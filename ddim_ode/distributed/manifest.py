@@ -26,6 +26,7 @@ from .._files import read_json, write_json
 from ..checks import MAX_STEPS
 from ..field import PREDICTIONS
 from ..grids import GRIDS
+from ..ranges import check_choice
 from .fingerprints import grid_sha256, run_id
 from .layout import MANIFEST, OUTPUTS, check_writable, is_regular_file, parse_shard_name
 
@@ -122,11 +123,7 @@ def _bounded(low: int, high: int | None = None) -> Check:
 
 
 def _choice(*allowed: Any) -> Check:
-    def check(name: str, value: Any) -> None:
-        if not isinstance(value, type(allowed[0])) or isinstance(value, bool) or value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-
-    return check
+    return lambda name, value: check_choice(name, value, allowed)
 
 
 def _text(name: str, value: Any) -> None:
