@@ -117,11 +117,11 @@ def _killed_worker(out: str, at: int) -> None:
 
 
 def test_noise_depends_only_on_seed_and_index():
-    from ddim_ode.cli import _noise
+    from ddim_ode.cli_common import seeded_noise
 
     full = index_noise(7, 0, 12, (1, 8, 8))
     assert torch.equal(index_noise(7, 5, 12, (1, 8, 8)), full[5:])
-    assert torch.equal(_noise(12, (1, 8, 8), 7, torch.device("cpu")), full)  # the numbers of `ddim-ode sample`
+    assert torch.equal(seeded_noise(12, (1, 8, 8), 7, torch.device("cpu")), full)  # the numbers of `ddim-ode sample`
     assert not torch.equal(index_noise(8, 0, 12, (1, 8, 8)), full)
     assert shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
 
