@@ -16,7 +16,18 @@ from torch import Tensor
 from .grids import make_grid, sigmas_from_timesteps
 from .schedules import Schedule
 
-__all__ = ["MAX_STEPS", "GridLike", "check_x", "check_n", "check_batch_size", "as_float64", "span_grid", "data_grid"]
+__all__ = [
+    "MAX_STEPS",
+    "GridLike",
+    "check_x",
+    "check_n",
+    "check_batch_size",
+    "as_float64",
+    "check_grid",
+    "check_decoding_grid",
+    "span_grid",
+    "data_grid",
+]
 
 #: the most steps one integration may take (a larger grid is a mistake, not a request)
 MAX_STEPS = 100_000
@@ -105,6 +116,37 @@ def check_grid(sig: Tensor, schedule: Schedule, what: str) -> Tensor:
     return sig
 
 
+def check_decoding_grid(sig: Tensor, schedule: Schedule, what: str) -> Tensor:
+    """A σ grid in decoding order: at least one step, strictly decreasing from at most the schedule's
+    ``sigma_max`` down to σ = 0; returns it as a float64 host tensor.
+
+    σ = ∞ (pure noise) is allowed as the first value on a schedule that reaches it (a flow path,
+    ``sigma_max = inf``) and refused on any other; every other value is finite. ``what`` names the
+    grid in the messages (``"sigmas"``, ``"--sigmas"``).
+    """
+    sig = sig.to(torch.float64).cpu().reshape(-1)
+    v = sig.numpy()
+    if v.size < 2:
+        raise ValueError(f"{what} must give at least one step (2 values: start and 0), got {v.size} value(s)")
+    if np.isnan(v).any() or np.isinf(v[1:]).any() or np.isneginf(v[0]):
+        raise ValueError(f"{what} must be finite (sigma = inf only as the first value, on a flow path that reaches it)")
+    if (v < 0).any():
+        raise ValueError(f"{what} values must be >= 0")
+    if not (np.diff(v) < 0).all():
+        raise ValueError(f"{what} must be strictly decreasing (decoding order, noise to data)")
+    if v[-1] != 0.0:
+        raise ValueError(f"{what} must end at sigma = 0 (clean data)")
+    top, sigma_max = float(v[0]), float(schedule.sigma_max)
+    if np.isinf(top) and not np.isinf(sigma_max):
+        raise ValueError(
+            f"{what} starts at sigma = inf (pure noise), which only a schedule that reaches it (a flow path) allows; "
+            f"this one's sigma_max is {sigma_max:.6g}"
+        )
+    if top > sigma_max * (1 + 1e-9):
+        raise ValueError(f"{what} starts at sigma={top:.6g}, above the schedule's sigma_max={sigma_max:.6g}")
+    return sig
+
+
 def _one_of(sigmas: GridLike | None, timesteps: GridLike | None) -> None:
     if sigmas is not None and timesteps is not None:
         raise ValueError("give at most one of `sigmas` and `timesteps`")
@@ -141,16 +183,10 @@ def data_grid(schedule: Schedule, grid: str, n: int, sigmas: GridLike | None, ti
     """The decoding grid (decreasing, ending at σ = 0) of :func:`~ddim_ode.decode` and :func:`~ddim_ode.encode`."""
     _one_of(sigmas, timesteps)
     if sigmas is not None:
-        sig = check_grid(as_float64(sigmas, "sigmas"), schedule, "sigmas")
-        if not (float(sig[0]) > float(sig[-1]) and float(sig[-1]) == 0.0):
-            raise ValueError("decode/encode take `sigmas` in decoding order: strictly decreasing and ending at 0")
-        return sig
+        return check_decoding_grid(as_float64(sigmas, "sigmas"), schedule, "sigmas")
     if timesteps is not None:
         ts = as_float64(timesteps, "timesteps")
         _check_timesteps(ts, schedule)
         sig = torch.cat([sigmas_from_timesteps(schedule, ts), torch.zeros(1, dtype=torch.float64)])
-        sig = check_grid(sig, schedule, "timesteps")
-        if not float(sig[0]) > float(sig[-1]):
-            raise ValueError("decode/encode take `timesteps` in decoding order: strictly decreasing")
-        return sig
+        return check_decoding_grid(sig, schedule, "timesteps")
     return check_grid(make_grid(schedule, grid, n), schedule, f"the {grid!r} grid")

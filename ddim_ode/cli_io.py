@@ -21,8 +21,7 @@ others write:
 Readers (:func:`read_images`, :func:`read_latents`) raise ``ValueError`` naming the file and what
 is wrong with it; :func:`output_paths` and :func:`check_writable` tell before any work is done
 whether the outputs can be written, and :func:`write_outputs` writes a command's files together
-(each to a temporary name first, renamed only when all are written); :func:`add_arrays` adds
-arrays to an existing ``.npz`` the same way.
+(each to a temporary name first, renamed only when all are written).
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import struct
 import tempfile
 import zipfile
@@ -51,7 +49,6 @@ __all__ = [
     "LATENT_KEY",
     "LatentFile",
     "ModelRecord",
-    "add_arrays",
     "decoding_arrays",
     "check_writable",
     "check_writable_dir",
@@ -167,24 +164,6 @@ def decoding_arrays(
         "grid": np.array(grid),
         "sigmas": np.asarray(sigmas, dtype=np.float64),
     }
-
-
-def add_arrays(path: Path, **arrays: np.ndarray) -> None:
-    """Add (or replace) named arrays of the ``.npz`` at ``path``, atomically.
-
-    The members of the file are copied one by one into a temporary file next to it (streamed:
-    nothing is loaded whole), followed by ``arrays``, which then replaces it.
-    """
-    names = {f"{k}.npy" for k in arrays}
-    with atomic_path(path) as tmp, zipfile.ZipFile(path) as src:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as dst:
-            for info in src.infolist():
-                if info.filename not in names:
-                    with src.open(info) as fin, dst.open(info.filename, "w", force_zip64=True) as fout:
-                        shutil.copyfileobj(fin, fout, 1 << 20)
-            for name, value in arrays.items():
-                with dst.open(f"{name}.npy", "w", force_zip64=True) as fout:
-                    np.lib.format.write_array(fout, np.asanyarray(value), allow_pickle=False)
 
 
 def _open_npz(path: Path) -> Any:

@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
+from torch import Tensor
 
+from .checks import as_float64, check_decoding_grid
 from .cli_io import LatentFile, ModelRecord, decoding_arrays
 from .grids import GRIDS, make_grid, sigmas_from_timesteps
 from .schedules import Schedule
@@ -133,7 +136,9 @@ def solver_options(solver: str, pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _numbers(text: str, flag: str) -> list[float]:
+def _numbers(text: str, flag: str, top_inf: bool = False) -> list[float]:
+    """Comma-separated numbers; with ``top_inf``, ``inf`` (pure noise) is read too (its place is checked
+    with the grid, by :func:`~ddim_ode.checks.check_decoding_grid`)."""
     vals = []
     for part in text.replace(" ", ",").split(","):
         if not part:
@@ -144,25 +149,13 @@ def _numbers(text: str, flag: str) -> list[float]:
             raise ValueError(
                 f"bad {flag} value {part!r}: give comma-separated numbers, e.g. {flag} 14.6,3,0.5,0"
             ) from None
-        if not math.isfinite(v):
-            raise ValueError(f"bad {flag} value {part!r}: values must be finite")
+        if not (math.isfinite(v) or (top_inf and v == math.inf)):
+            also = " (or inf, pure noise, as the first value on a flow model)" if top_inf else ""
+            raise ValueError(f"bad {flag} value {part!r}: values must be finite{also}")
         vals.append(v)
     if not vals:
         raise ValueError(f"{flag} is empty: give comma-separated numbers")
     return vals
-
-
-def _check_decoding_grid(sig: np.ndarray, schedule: Schedule, flag: str) -> None:
-    if len(sig) < 2:
-        raise ValueError(f"{flag} must give at least one step (2 values: start and 0)")
-    if (sig < 0).any():
-        raise ValueError(f"{flag} values must be >= 0")
-    if not (np.diff(sig) < 0).all():
-        raise ValueError(f"{flag} must be strictly decreasing (decoding order, noise to data)")
-    if sig[-1] != 0.0:
-        raise ValueError(f"{flag} must end at sigma = 0 (clean data)")
-    if sig[0] > schedule.sigma_max * (1 + 1e-9):
-        raise ValueError(f"{flag} starts at sigma={sig[0]:.6g}, above the model's sigma_max={schedule.sigma_max:.6g}")
 
 
 @dataclass(frozen=True)
@@ -179,6 +172,16 @@ class Plan:
     def reversible(self) -> bool:
         return get_solver(self.solver, **self.options).reversible
 
+    @property
+    def named(self) -> bool:
+        """Whether the grid is one of :data:`~ddim_ode.grids.GRIDS` (else given as ``--sigmas``/``--timesteps``)."""
+        return self.grid in GRIDS
+
+    def grid_arguments(self) -> dict[str, Any]:
+        """The grid as keyword arguments of the sharded runs (:mod:`ddim_ode.distributed`): ``n`` and
+        ``grid`` for a named grid, ``sigmas`` for an explicit one."""
+        return {"n": self.steps, "grid": self.grid} if self.named else {"sigmas": self.sigmas}
+
     def arrays(self, kind: Literal["noise", "encoded"]) -> dict[str, np.ndarray]:
         """This plan as the decoding settings a latents file records (:func:`~ddim_ode.cli_io.decoding_arrays`)."""
         return decoding_arrays(
@@ -191,7 +194,7 @@ class Plan:
         )
 
 
-def _sigmas_argument(text: str) -> np.ndarray:
+def _sigmas_argument(text: str) -> Tensor:
     """``--sigmas``: comma-separated numbers, or a JSON file (a tuned grid from ``ddim-ode tune-grid``
     or a plain list of σ)."""
     if text.strip().lower().endswith(".json"):
@@ -199,8 +202,8 @@ def _sigmas_argument(text: str) -> np.ndarray:
 
         if not Path(text).is_file():
             raise FileNotFoundError(f"--sigmas: no such file: {text}")
-        return read_sigmas(text).numpy()
-    return np.asarray(_numbers(text, "--sigmas"), dtype=np.float64)
+        return read_sigmas(text)
+    return as_float64(_numbers(text, "--sigmas", top_inf=True), "--sigmas")
 
 
 def make_plan(
@@ -241,8 +244,7 @@ def make_plan(
     if encoding and not slv.can_encode:
         raise ValueError(f"solver {name!r} cannot encode: {slv.why_no_encode}")
     if sigmas is not None:
-        sig, kind = _sigmas_argument(sigmas), "sigmas"
-        _check_decoding_grid(sig, schedule, "--sigmas")
+        sig, kind = check_decoding_grid(_sigmas_argument(sigmas), schedule, "--sigmas").numpy(), "sigmas"
         n = len(sig) - 1
     elif timesteps is not None:
         ts = np.asarray(_numbers(timesteps, "--timesteps"), dtype=np.float64)
@@ -251,8 +253,8 @@ def make_plan(
             raise ValueError(f"--timesteps must lie in the model's range [{lo:g}, {hi:g}]")
         if not (np.diff(ts) < 0).all():
             raise ValueError("--timesteps must be strictly decreasing (decoding order, noise to data)")
-        sig, kind = np.append(sigmas_from_timesteps(schedule, ts).numpy(), 0.0), "timesteps"
-        _check_decoding_grid(sig, schedule, "--timesteps")
+        sig = torch.cat([sigmas_from_timesteps(schedule, ts), torch.zeros(1, dtype=torch.float64)])
+        sig, kind = check_decoding_grid(sig, schedule, "--timesteps").numpy(), "timesteps"
         n = len(sig) - 1
     elif steps is None and grid is None and stored is not None and stored.sigmas is not None:
         sig, kind = stored.sigmas, stored.grid or "sigmas"

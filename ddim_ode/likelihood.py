@@ -72,6 +72,7 @@ from .checks import check_batch_size, check_x
 from .divergence import exact_divergence, hutchinson_divergence
 from .field import EpsModel, Prediction, ProbabilityFlowODE, SigmaModel
 from .models import resolve_model
+from .ranges import check_choice
 from .schedules import Schedule
 
 __all__ = [
@@ -211,11 +212,6 @@ class _AugmentedField(torch.nn.Module):
             )
         dx = eps.detach() - math.tanh(s_val) * x
         return dx, div.detach().to(x.dtype)
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -415,9 +411,9 @@ def log_likelihood(
         ValueError / TypeError: bad input, naming the allowed values.
     """
     _check_x0(x0, generator)
-    _check_choice("divergence", divergence, DIVERGENCES)
-    _check_choice("probe_dist", probe_dist, PROBE_DISTS)
-    _check_choice("dequantize", dequantize, DEQUANTIZE)
+    check_choice("divergence", divergence, DIVERGENCES)
+    check_choice("probe_dist", probe_dist, PROBE_DISTS)
+    check_choice("dequantize", dequantize, DEQUANTIZE)
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise ValueError(f"probes must be an int >= 1, got {probes!r}")
     if not (prior == "vp" or callable(prior)):

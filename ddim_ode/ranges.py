@@ -1,8 +1,9 @@
 """Checks of scalar arguments and configuration fields, with one-line messages naming the range.
 
 Each check takes the name to report (``"steps"``, ``"UNetConfig.base_channels"``,
-``"schedule.beta_start"``), the value and the allowed range, and returns the value as a plain
-``int`` or ``float``; anything else raises ``ValueError`` saying what was given and what is allowed.
+``"schedule.beta_start"``), the value and the allowed range (or, for :func:`check_choice`, the
+allowed values), and returns the value as a plain ``int`` or ``float`` (or the chosen value);
+anything else raises ``ValueError`` saying what was given and what is allowed.
 Booleans are not numbers here, and floats are not integers (``2.0`` steps is refused, not rounded).
 The offending value is shown abbreviated (:func:`reprlib.repr`), so a message stays one short line
 whatever was passed.
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import math
 import reprlib
+from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["check_int", "check_float", "check_float_list", "check_bool", "describe_range"]
+__all__ = ["check_int", "check_float", "check_float_list", "check_bool", "check_choice", "describe_range"]
+
+T = TypeVar("T")
 
 
 def _show(bound: float) -> str:
@@ -87,3 +91,23 @@ def check_float_list(
         count = f"{min_len} to {max_len}" if max_len is not None else f"at least {min_len}"
         raise ValueError(f"{name} must be a list of {count} numbers, got {reprlib.repr(value)}")
     return [check_float(f"{name}[{i}]", v, **bounds) for i, v in enumerate(value)]
+
+
+def _is(value: Any, choice: Any) -> bool:
+    """``value`` equals ``choice`` and both or neither are booleans (``True`` is not the choice ``1``)."""
+    if isinstance(value, bool) != isinstance(choice, bool):
+        return False
+    try:
+        return bool(value == choice)
+    except (TypeError, ValueError, RuntimeError):  # e.g. an array, whose comparison has no single truth value
+        return False
+
+
+def check_choice(name: str, value: T, allowed: Sequence[T]) -> T:
+    """``value`` if it is one of ``allowed``; else ``ValueError("unknown <name> <value>; allowed: a, b, c")``.
+
+    ``name`` says what is chosen (``"divergence"``, ``"UniPC order"``, ``"schedule.time_shift_type"``).
+    """
+    if not any(_is(value, choice) for choice in allowed):
+        raise ValueError(f"unknown {name} {reprlib.repr(value)}; allowed: {', '.join(str(c) for c in allowed)}")
+    return value

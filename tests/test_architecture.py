@@ -105,7 +105,31 @@ def test_low_layers_import_nothing_above_them():
     graph = import_graph()
     for module, allowed in LOW_LAYERS.items():
         assert graph[module] <= allowed, (module, graph[module] - allowed)
-    above_solvers = {"ddim_ode.core", "ddim_ode.driver", "ddim_ode.adjoint", "ddim_ode.models", "ddim_ode.cli"}
+    above_solvers = {"ddim_ode.core", "ddim_ode.driver", "ddim_ode.adjoint", "ddim_ode.models", *CLI_LAYERS}
     for module, deps in graph.items():
         if module.startswith("ddim_ode.solvers"):
             assert not deps & above_solvers, (module, deps & above_solvers)
+
+
+#: the command line's modules, bottom to top: each imports only modules before it in this list
+CLI_LAYERS = [
+    "ddim_ode.cli_errors",
+    "ddim_ode.cli_io",
+    "ddim_ode.cli_plan",
+    "ddim_ode.cli_model",
+    "ddim_ode.cli_common",
+    "ddim_ode.cli_parser",
+    "ddim_ode.cli",
+    "ddim_ode.__main__",
+]
+
+
+def test_the_command_line_is_layered_and_only_it_imports_itself():
+    graph = import_graph()
+    assert {m for m in graph if m.startswith("ddim_ode.cli")} <= set(CLI_LAYERS)  # a new module gets its place
+    for i, module in enumerate(CLI_LAYERS):
+        above = graph[module] & set(CLI_LAYERS[i + 1 :])
+        assert not above, (module, above)
+    for module, deps in graph.items():
+        if module not in CLI_LAYERS:
+            assert not deps & set(CLI_LAYERS), (module, deps & set(CLI_LAYERS))

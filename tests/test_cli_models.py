@@ -260,7 +260,7 @@ def test_sample_to_dir_slices_per_sample_keyword_arguments_by_index(tmp_path):
         (["sample", "--class", "2", "--out-dir", "sh", "--shard-size", "0"], "--shard-size must be >= 1"),
         (["encode", "--input", "digits", "--class", "7"], "label 7 is out of range"),
         (["roundtrip", "--class", "1-6"], "label 6 is out of range"),
-        (["sample", "--class", "2", "--out-dir", "sh", "--sigmas", "3,0"], "cannot be combined with --out-dir"),
+        (["sample", "--class", "2", "--out-dir", "sh", "--sigmas", "3,1"], "--sigmas must end at sigma = 0"),
     ],
 )
 def test_bad_conditioning_is_refused_before_any_work(argv, needle, fake, tmp_path, monkeypatch, capsys):

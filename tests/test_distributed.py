@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -116,11 +117,11 @@ def _killed_worker(out: str, at: int) -> None:
 
 
 def test_noise_depends_only_on_seed_and_index():
-    from ddim_ode.cli import _noise
+    from ddim_ode.cli_common import seeded_noise
 
     full = index_noise(7, 0, 12, (1, 8, 8))
     assert torch.equal(index_noise(7, 5, 12, (1, 8, 8)), full[5:])
-    assert torch.equal(_noise(12, (1, 8, 8), 7, torch.device("cpu")), full)  # the numbers of `ddim-ode sample`
+    assert torch.equal(seeded_noise(12, (1, 8, 8), 7, torch.device("cpu")), full)  # the numbers of `ddim-ode sample`
     assert not torch.equal(index_noise(8, 0, 12, (1, 8, 8)), full)
     assert shard_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
 
@@ -277,6 +278,75 @@ def test_bad_arguments_name_the_problem(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written for bad arguments
 
 
+SIGMAS = [9.0, 2.5, 0.6, 0.1, 0.0]  # an explicit decoding grid of 4 steps
+
+
+def test_an_explicit_grid_is_integrated_recorded_and_resumed_only_unchanged(tmp_path):
+    out = tmp_path / "run"
+    merged = _run(out, sigmas=SIGMAS)
+    first = decode(index_noise(3, 0, SHARD, (1, 8, 8)), "euler", model=tiny_unet(), schedule=SCHEDULE, sigmas=SIGMAS)
+    assert np.array_equal(first.detach().numpy(), merged[:SHARD])  # the shard's rows, integrated along SIGMAS
+    assert not np.array_equal(merged, _run(tmp_path / "named", n=4))
+    args = json.loads((out / MANIFEST).read_text())["arguments"]
+    assert (args["grid"], args["n"], args["sigmas"]) == ("sigmas", 4, SIGMAS)
+    kw = dict(model=tiny_unet(), schedule=SCHEDULE, shard_size=SHARD, seed=3, device="cpu")
+    again = sample_to_dir(out, NUM, sigmas=np.array(SIGMAS), **kw)  # the same grid, as an array
+    assert (again.shards_skipped, again.shards_computed) == (NUM // SHARD, 0)
+    with pytest.raises(
+        ResumeError, match=r"refusing to resume.*sigmas: \[9\.0, 2\.5, 0\.6, 0\.1, 0\.0\] on disk"
+    ) as err:
+        sample_to_dir(out, NUM, sigmas=[9.0, 2.5, 0.5, 0.1, 0.0], **kw)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ResumeError, match="grid: 'sigmas' on disk vs 'uniform' now"):
+        _run(out, n=4)
+
+
+def test_a_grid_from_infinity_needs_a_flow_path(tmp_path):
+    from ddim_ode.schedules import FlowSchedule
+
+    flow = FlowSchedule()
+    kw = dict(model=MLP(), shape=(6,), shard_size=4, device="cpu", prediction="flow", sigmas=[math.inf, 3.0, 1.0, 0.0])
+    merged = np.load(sample_to_dir(tmp_path / "flow", 8, schedule=flow, **kw).merged)
+    noise = index_noise(0, 0, 4, (6,))
+    direct = decode(noise, "euler", model=MLP(), schedule=flow, prediction="flow", sigmas=kw["sigmas"])
+    assert np.isfinite(merged).all() and np.array_equal(direct.detach().numpy(), merged[:4])
+    assert json.loads((tmp_path / "flow" / MANIFEST).read_text())["arguments"]["sigmas"][0] == "inf"
+    with pytest.raises(ValueError, match="starts at sigma = inf .* only a schedule that reaches it"):
+        sample_to_dir(tmp_path / "vp", 8, schedule=SCHEDULE, **kw)
+    with pytest.raises(ValueError, match="must end at sigma = 0"):
+        sample_to_dir(tmp_path / "vp", 8, schedule=SCHEDULE, **(kw | {"sigmas": [3.0, 1.0]}))
+    assert not (tmp_path / "vp").exists()
+
+
+def test_the_merge_writes_the_decoding_settings_it_was_given_every_time(tmp_path):
+    mix = GaussianMixture.random(k=3, dim=6, seed=0)
+    data = mix.sample(6, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    kw = dict(model=mix, schedule=SCHEDULE, shard_size=4, device="cpu", sigmas=SIGMAS, solver="dpm-solver++2m")
+    encode_to_dir(data, tmp_path / "plain", solver_options={"warmup": "singlestep"}, **kw)
+    with np.load(tmp_path / "plain" / "latents.npz") as z:
+        assert (str(z["kind"]), str(z["grid"]), int(z["steps"])) == ("encoded", "sigmas", 4)
+        assert json.loads(str(z["solver_options"])) == {"warmup": "singlestep"}
+        assert z["sigmas"].tolist() == SIGMAS and z["latents"].shape == (6, 6)
+    settings = {"model": np.array("mine"), "grid": np.array("timesteps"), "labels": np.arange(6)}
+    out = tmp_path / "given"
+    encode_to_dir(data, out, decode_settings=settings, **kw)
+    with np.load(out / "latents.npz") as z:
+        first = {k: z[k] for k in z.files}
+    assert str(first["model"]) == "mine" and str(first["grid"]) == "timesteps"  # the caller's replace the merge's
+    assert first["labels"].tolist() == list(range(6)) and first["sigmas"].tolist() == SIGMAS
+    merge_dir(out)  # a later merge of the folder writes the same file
+    with np.load(out / "latents.npz") as z:
+        assert z.files == list(first) and all(np.array_equal(z[k], v) for k, v in first.items())
+    with pytest.raises(ValueError, match="decode_settings may not set 'latents'"):
+        encode_to_dir(data, tmp_path / "bad", decode_settings={"latents": np.zeros(6)}, **kw)
+    with pytest.raises(ValueError, match="bad name 'a b'"):
+        encode_to_dir(data, tmp_path / "bad", decode_settings={"a b": np.zeros(6)}, **kw)
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "plain" / "decode-settings.npz").write_bytes((out / "decode-settings.npz").read_bytes())
+    with pytest.raises(ValueError, match="decode-settings.npz belongs to another run"):
+        merge_dir(tmp_path / "plain")
+
+
 def _mlp_run(out: Path, num: int = 10, **kw) -> np.ndarray:
     args = dict(model=MLP(), schedule=SCHEDULE, n=3, shard_size=4, shape=(6,), device="cpu") | kw
     return np.load(sample_to_dir(out, num, **args).merged)
@@ -364,14 +434,18 @@ def test_a_fifo_as_manifest_is_refused_not_opened(tmp_path, no_hang):
         ({"arguments.shape": [6, 2**15, 2**15]}, r"arguments\.shape \(6, 32768, 32768\) has 6442450944 numbers"),
         ({"arguments.shard_size": 0}, r"arguments\.shard_size must be >= 1"),
         ({"arguments.shard_size": 1, "arguments.num": 10**9}, r"shard_size 1 cuts num=1000000000 into more than"),
-        ({"arguments.kind": "train"}, r"arguments\.kind must be one of 'sample', 'encode'"),
-        ({"arguments.dtype": "float16"}, r"arguments\.dtype must be one of 'float32', 'float64'"),
+        ({"arguments.kind": "train"}, r"unknown arguments\.kind 'train'; allowed: sample, encode"),
+        ({"arguments.dtype": "float16"}, r"unknown arguments\.dtype 'float16'; allowed: float32, float64"),
+        ({"arguments.grid": 3}, r"unknown arguments\.grid 3; allowed: uniform, .*, sigmas"),
         ({"arguments.seed": None}, r"arguments\.seed must be an int"),
         ({"arguments.model": {"class": "x"}}, r"arguments\.model lacks the field 'sha256'"),
         ({"arguments.extra": 1}, r"arguments has unknown field\(s\) 'extra'"),
         ({"environment.threads": -1}, r"environment\.threads must be >= 1"),
         ({"format_version": 2}, r"format_version must be 1"),
         ({"run_id": "not hex"}, r"run_id must be 16 lowercase hex digits"),
+        ({"arguments.grid": "sigmas"}, r"arguments lacks the field 'sigmas'"),
+        ({"arguments.sigmas": [1.0, 0.0]}, r"arguments has 'sigmas' although its grid is 'uniform'"),
+        ({"arguments.sigmas": [1.0, "inf", 0.0]}, r"arguments\.sigmas must be a list of 2 to 100001 numbers >= 0"),
         ({"arguments.n": 4}, r"run_id does not match the arguments"),
     ],
 )

@@ -225,7 +225,7 @@ BAD_SCHEDULES = {
     ),
     "flow-shift-type": (
         {"type": "flow", "time_shift_type": "cubic"},
-        r"schedule\.time_shift_type must be one of exponential, linear, got 'cubic'$",
+        r"unknown schedule\.time_shift_type 'cubic'; allowed: exponential, linear$",
     ),
     "flow-timestep-scale-nan": (
         {"type": "flow", "timestep_scale": float("nan")},

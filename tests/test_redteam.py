@@ -244,13 +244,18 @@ REFUSED = [
     ("sigmas-increasing", ["sample", "--sigmas", "1,2,0"], "strictly decreasing"),
     ("sigmas-no-zero", ["sample", "--sigmas", "5,1"], "must end at sigma = 0"),
     ("sigmas-negative", ["sample", "--sigmas", "5,-1,0"], ">= 0"),
-    ("sigmas-above-max", ["sample", "--sigmas", "1e9,0"], "above the model's sigma_max"),
+    ("sigmas-above-max", ["sample", "--sigmas", "1e9,0"], "above the schedule's sigma_max"),
     ("sigmas-nan", ["sample", "--sigmas", "nan,0"], "must be finite"),
     ("sigmas-empty", ["sample", "--sigmas", ","], "--sigmas is empty"),
     ("sigmas-one-value", ["sample", "--sigmas", "0"], "at least one step"),
     ("sigmas-with-steps", ["sample", "--sigmas", "5,1,0", "-n", "4"], "do not combine it with -n"),
     ("sigmas-with-timesteps", ["sample", "--sigmas", "5,0", "--timesteps", "999"], "do not combine"),
-    ("sigmas-with-out-dir", ["sample", "--sigmas", "5,0", "--out-dir", "sh"], "cannot be combined with --out-dir"),
+    (
+        "sigmas-inf-out-dir",
+        ["sample", "--sigmas", "inf,5,0", "--out-dir", "sh"],
+        "--sigmas starts at sigma = inf (pure noise), which only a schedule that reaches it (a flow path) allows",
+    ),
+    ("sigmas-inf-inside", ["sample", "--sigmas", "5,inf,0"], "sigma = inf only as the first value"),
     ("timesteps-out-of-range", ["sample", "--timesteps", "1500,10"], "must lie in the model's range [0, 999]"),
     ("timesteps-increasing", ["sample", "--timesteps", "10,500"], "strictly decreasing"),
     (
@@ -298,7 +303,11 @@ REFUSED = [
         "given twice",
     ),
     ("option-value-range", ["sample", "--solver", "ddim", "--solver-option", "eta=2"], "eta must be"),
-    ("option-value-order", ["sample", "--solver", "unipc", "--solver-option", "order=7"], "order must be"),
+    (
+        "option-value-order",
+        ["sample", "--solver", "unipc", "--solver-option", "order=7"],
+        "unknown UniPC order 7; allowed: 1, 2, 3",
+    ),
     # likelihood numbers
     ("likelihood-num-zero", ["likelihood", "--num", "0"], "--num must be >= 1"),
     ("likelihood-probes-zero", ["likelihood", "--probes", "0"], "--probes must be >= 1"),

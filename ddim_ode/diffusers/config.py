@@ -41,7 +41,7 @@ import torch
 
 from ..field import Prediction
 from ..io.schedule_json import MAX_TIMESTEPS
-from ..ranges import check_bool, check_float, check_float_list, check_int
+from ..ranges import check_bool, check_choice, check_float, check_float_list, check_int
 from ..schedules import DiscreteSchedule, FlowSchedule, Schedule
 
 __all__ = [
@@ -129,12 +129,9 @@ def is_flow_matching(config: Mapping[str, Any]) -> bool:
     )
 
 
-def _check_choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
-    value = config.get(key)
-    value = default if value is None else value
-    if value not in allowed:
-        raise ValueError(f"unsupported {key} {value!r} in the scheduler config; allowed: {', '.join(allowed)}")
-    return str(value)
+def _config_choice(config: Mapping[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+    """``config[key]`` (``default`` when missing or null), one of ``allowed``."""
+    return str(check_choice(f"scheduler config {key}", _get(config, key, default), allowed))
 
 
 def _get(config: Mapping[str, Any], key: str, default: Any) -> Any:
@@ -160,7 +157,7 @@ def _vp_schedule(config: Mapping[str, Any]) -> DiscreteSchedule:
             trained = trained.tolist()
         betas = check_float_list("trained_betas", trained, min_len=2, max_len=MAX_TIMESTEPS, **_OPEN_UNIT)
         return DiscreteSchedule(betas=torch.tensor(betas, dtype=torch.float64))
-    kind = _check_choice(config, "beta_schedule", BETA_SCHEDULES, "linear")
+    kind = _config_choice(config, "beta_schedule", BETA_SCHEDULES, "linear")
     n = _num_train_timesteps(config)
     b0 = check_float("beta_start", _get(config, "beta_start", 1e-4), **_OPEN_UNIT)
     b1 = check_float("beta_end", _get(config, "beta_end", 0.02), **_OPEN_UNIT)
@@ -191,7 +188,7 @@ def flow_schedule(config: Mapping[str, Any], mu: float | None = None) -> FlowSch
             "allowed: False"
         )
     dynamic = check_bool("use_dynamic_shifting", _get(config, "use_dynamic_shifting", False))
-    shift_type = _check_choice(config, "time_shift_type", ("exponential", "linear"), "exponential")
+    shift_type = _config_choice(config, "time_shift_type", ("exponential", "linear"), "exponential")
     return FlowSchedule(
         check_float("shift", _get(config, "shift", 1.0), 0.0, low_open=True),
         _num_train_timesteps(config),
@@ -235,7 +232,7 @@ def path_from_config(config: Mapping[str, Any], image_seq_len: int | None = None
         if schedule.use_dynamic_shifting and image_seq_len is not None:
             schedule = schedule.for_image_seq_len(image_seq_len)
         return schedule, "flow"
-    name = _check_choice(config, "prediction_type", tuple(DIFFUSERS_PREDICTIONS), "epsilon")
+    name = _config_choice(config, "prediction_type", tuple(DIFFUSERS_PREDICTIONS), "epsilon")
     return schedule, DIFFUSERS_PREDICTIONS[name]
 
 
@@ -285,7 +282,7 @@ def read_scheduler_config(config: Mapping[str, Any]) -> SchedulerSpec:
     if is_flow_matching(config):
         return _flow_spec(config)
     schedule, prediction = path_from_config(config)
-    _check_choice(config, "timestep_spacing", TIMESTEP_SPACINGS, "leading")
+    _config_choice(config, "timestep_spacing", TIMESTEP_SPACINGS, "leading")
     if config.get("timestep_type", "discrete") != "discrete":
         raise ValueError(
             f"unsupported timestep_type {config.get('timestep_type')!r} in the scheduler config (the network "

@@ -25,8 +25,8 @@ What is deterministic (bit for bit, for a given device type, library build and t
 The parts: :mod:`.groups` (the process group), :mod:`.noise` (per-index noise),
 :mod:`.fingerprints` (hashes of models, data and arguments), :mod:`.layout` (the file names of a
 run folder and which of them the package owns), :mod:`.manifest` (writing and checking it),
-:mod:`.shards` (one shard file), :mod:`.merge` (the merged outputs), :mod:`.plan` (checked
-arguments) and :mod:`.driver` (the run itself).
+:mod:`.shards` (one shard file), :mod:`.merge` (the merged outputs), :mod:`.decode_input` (an
+encoding run's ``latents.npz``), :mod:`.plan` (checked arguments) and :mod:`.driver` (the run itself).
 
 Launch with e.g. ``torchrun --nproc-per-node 4 -m ddim_ode sample ...`` (NCCL on GPUs, gloo on
 the CPU); see ``docs/scaling.md``.

@@ -4,7 +4,7 @@ merge on rank 0. :func:`sample_to_dir` and :func:`encode_to_dir` differ only in 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import GridLike
 from ..field import EpsModel, SigmaModel
 from ..schedules import Schedule
 from ..solvers import Solver
+from .decode_input import write_decode_settings
 from .fingerprints import sha256, tensor_bytes
 from .groups import broadcast, gather
 from .layout import shard_name
@@ -76,6 +78,8 @@ def _agree_on_pending(out: Path, plan: RunPlan, ranges: list[tuple[int, int]]) -
     if info.rank == 0:
         try:
             open_run(out, plan.arguments, environment)
+            if plan.decode_settings is not None:
+                write_decode_settings(out, fmt.run_id, plan.decode_settings)
             todo = fmt.pending(out, ranges)
         except OSError as exc:
             err = f"cannot use {out}: {exc}"
@@ -169,6 +173,7 @@ def sample_to_dir(
     solver: str | Solver = "euler",
     n: int = 20,
     grid: str = "uniform",
+    sigmas: GridLike | None = None,
     seed: int = 0,
     batch_size: int | None = None,
     shard_size: int = 256,
@@ -199,6 +204,9 @@ def sample_to_dir(
             (``prediction=None`` takes a loaded model's, else ``"eps"``). A solver that draws
             fresh noise (``ddpm``, ``ddim`` with η > 0) gets a generator seeded per shard from
             ``(seed, shard start)``.
+        sigmas: an explicit decoding grid (float64 σ values, strictly decreasing to 0; σ = ∞ first
+            on a flow path), as for :func:`ddim_ode.decode`; it replaces ``n`` and ``grid``. The
+            manifest records its values, so a resume with another grid is refused.
         seed: noise seed; sample ``i`` starts from :func:`index_noise` ``(seed, i)``.
         batch_size: samples integrated per solver call, rounded down to whole shards (at least
             one; default one shard). It does not change the numbers: the network still sees one
@@ -248,6 +256,7 @@ def encode_to_dir(
     solver: str | Solver = "euler",
     n: int = 20,
     grid: str = "uniform",
+    sigmas: GridLike | None = None,
     batch_size: int | None = None,
     shard_size: int = 256,
     device: str | torch.device | None = None,
@@ -260,6 +269,7 @@ def encode_to_dir(
     model_kwargs: dict[str, Any] | None = None,
     guidance_scale: float | None = None,
     uncond_kwargs: dict[str, Any] | None = None,
+    decode_settings: Mapping[str, Any] | None = None,
 ) -> ShardedRun:
     """Encode a data set ``images`` (shape ``(N, ...)``, model scale) into latents under ``out_dir``.
 
@@ -268,7 +278,9 @@ def encode_to_dir(
     model/solver arguments (the last shard is padded with zeros). Every rank must pass the same
     ``images`` (their hash is part of the manifest). The merge writes ``latents.npy``, for a
     reversible solver its state's ``aux_<field>.npy``, and ``latents.npz`` for ``ddim-ode decode``
-    (see :func:`merge_dir`).
+    (see :func:`merge_dir`). ``decode_settings``: named arrays that ``latents.npz`` records beside the
+    latents (they replace the merge's own ``solver``, ``grid``, … of the same names; see
+    :mod:`~ddim_ode.distributed.decode_input`), kept in the folder for every later merge.
     """
     settings = RunSettings.of(locals())
     data = torch.as_tensor(images).detach().cpu()
@@ -280,7 +292,15 @@ def encode_to_dir(
         raise ValueError("images contain NaN or Inf values")
     num = int(data.shape[0])
     identity = {"data_sha256": sha256(tensor_bytes(data))}
-    plan = make_plan("encode", settings, num=num, shape=data.shape[1:], seed=None, identity=identity)
+    plan = make_plan(
+        "encode",
+        settings,
+        num=num,
+        shape=data.shape[1:],
+        seed=None,
+        identity=identity,
+        decode_settings=decode_settings,
+    )
 
     def inputs(start: int, stop: int) -> Tensor:
         x = data[start : min(stop, num)]

@@ -7,13 +7,14 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..analytic import AnalyticModel
 from ..schedules import Schedule
 
-__all__ = ["sha256", "tensor_bytes", "fingerprint", "jsonable", "run_id"]
+__all__ = ["sha256", "tensor_bytes", "grid_sha256", "fingerprint", "jsonable", "run_id"]
 
 
 def sha256(*chunks: bytes) -> str:
@@ -32,6 +33,12 @@ def tensor_bytes(t: Tensor) -> bytes:
     if t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
     return head + t.numpy().tobytes()
+
+
+def grid_sha256(sig: np.ndarray | Tensor) -> str:
+    """The hash of a σ grid: its float64 values' bytes."""
+    values = sig.detach().cpu().numpy() if isinstance(sig, Tensor) else sig
+    return sha256(np.asarray(values, dtype=np.float64).tobytes())
 
 
 def fingerprint(obj: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ __all__ = [
     "INDEX",
     "PNG",
     "DECODE_INPUT",
+    "DECODE_SETTINGS",
     "OUTPUTS",
     "shard_name",
     "parse_shard_name",
@@ -34,6 +35,8 @@ INDEX = "index.json"
 PNG = "samples.png"
 #: an encoding run's latents with the solver, steps, grid and solver state: the input of ``ddim-ode decode``
 DECODE_INPUT = "latents.npz"
+#: the decoding settings a caller gave an encoding run for ``latents.npz`` (kept for every merge)
+DECODE_SETTINGS = "decode-settings.npz"
 #: the name of the result array (and of its merged ``.npy``) per kind of run
 OUTPUTS = {"sample": "samples", "encode": "latents"}
 
@@ -58,7 +61,9 @@ def parse_shard_name(name: str) -> tuple[int, int] | None:
 def is_run_file(name: str) -> bool:
     """Whether ``name`` is one of the files a run writes into its folder."""
     return (
-        name in (MANIFEST, INDEX, PNG, DECODE_INPUT) or bool(_MERGED.match(name)) or parse_shard_name(name) is not None
+        name in (MANIFEST, INDEX, PNG, DECODE_INPUT, DECODE_SETTINGS)
+        or bool(_MERGED.match(name))
+        or parse_shard_name(name) is not None
     )
 
 

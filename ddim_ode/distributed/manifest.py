@@ -13,6 +13,7 @@ Bounds (also enforced on the arguments of a new run, so every run writes a manif
 from __future__ import annotations
 
 import math
+import reprlib
 import string
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from .._files import read_json, write_json
+from ..checks import MAX_STEPS
 from ..field import PREDICTIONS
 from ..grids import GRIDS
-from .fingerprints import run_id
+from ..ranges import check_choice
+from .fingerprints import grid_sha256, run_id
 from .layout import MANIFEST, OUTPUTS, check_writable, is_regular_file, parse_shard_name
 
 __all__ = [
@@ -36,6 +39,9 @@ __all__ = [
     "MAX_EVENT_DIMS",
     "MAX_EVENT_NUMEL",
     "DTYPES",
+    "EXPLICIT_GRID",
+    "grid_values",
+    "grid_from_values",
     "check_int",
     "check_shape",
     "check_shard_count",
@@ -56,6 +62,10 @@ MAX_EVENT_DIMS = 8
 MAX_EVENT_NUMEL = 2**28
 #: the dtypes of a run's state and files
 DTYPES = ("float32", "float64")
+#: the ``grid`` of a run given an explicit σ grid (its values are the manifest's ``sigmas``)
+EXPLICIT_GRID = "sigmas"
+#: how σ = ∞ (pure noise, the top of a flow path) is written in the manifest (strict JSON has no infinity)
+_INF = "inf"
 
 Check = Callable[[str, Any], Any]
 
@@ -97,16 +107,23 @@ def check_shard_count(num: int, shard_size: int) -> None:
         )
 
 
+def grid_values(sig: np.ndarray) -> list[float | str]:
+    """An explicit σ grid as the manifest records it: JSON numbers (exact: Python writes the shortest
+    text that reads back to the same float64), σ = ∞ as the string ``"inf"``."""
+    return [_INF if math.isinf(v) else v for v in np.asarray(sig, dtype=np.float64).tolist()]
+
+
+def grid_from_values(values: list[float | str]) -> np.ndarray:
+    """The float64 σ grid of the manifest's ``sigmas`` (:func:`grid_values` read back)."""
+    return np.array([math.inf if v == _INF else v for v in values], dtype=np.float64)
+
+
 def _bounded(low: int, high: int | None = None) -> Check:
     return lambda name, value: check_int(name, value, low, high)
 
 
 def _choice(*allowed: Any) -> Check:
-    def check(name: str, value: Any) -> None:
-        if not isinstance(value, type(allowed[0])) or isinstance(value, bool) or value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-
-    return check
+    return lambda name, value: check_choice(name, value, allowed)
 
 
 def _text(name: str, value: Any) -> None:
@@ -127,6 +144,21 @@ def _options(name: str, value: Any) -> None:
 def _finite(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _sigmas(name: str, value: Any) -> None:
+    """An explicit decoding grid: 2 to MAX_STEPS + 1 numbers >= 0, the first one possibly ``"inf"``."""
+    ok = isinstance(value, list) and 2 <= len(value) <= MAX_STEPS + 1
+    ok = ok and all(
+        (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0)
+        or (i == 0 and v == _INF)
+        for i, v in enumerate(value)
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} must be a list of 2 to {MAX_STEPS + 1} numbers >= 0 (the first one may be {_INF!r}), "
+            f"got {reprlib.repr(value)}"
+        )
 
 
 def _hex(digits: int) -> Check:
@@ -171,8 +203,9 @@ _COMMON: dict[str, Check] = {
     "solver": _text,
     "solver_options": _options,
     "n": _bounded(1),
-    "grid": _choice(*GRIDS),
+    "grid": _choice(*GRIDS, EXPLICIT_GRID),
     "sigmas_sha256": _hex(64),
+    "sigmas": _sigmas,
     "prediction": _choice(*PREDICTIONS),
     "model": _HASHED,
     "schedule": _HASHED,
@@ -181,9 +214,9 @@ _COMMON: dict[str, Check] = {
 _BY_KIND = {
     "sample": _record(
         _COMMON | {"seed": _bounded(-(2**62)), "noise": _text, "solver_noise": _text},
-        frozenset({"solver_noise", "conditioning"}),
+        frozenset({"solver_noise", "conditioning", "sigmas"}),
     ),
-    "encode": _record(_COMMON | {"data_sha256": _hex(64)}, frozenset({"conditioning"})),
+    "encode": _record(_COMMON | {"data_sha256": _hex(64)}, frozenset({"conditioning", "sigmas"})),
 }
 
 
@@ -193,6 +226,22 @@ def _arguments(name: str, value: Any) -> None:
     _choice(*OUTPUTS)(f"{name}.kind", value.get("kind"))
     _BY_KIND[value["kind"]](name, value)
     check_shard_count(value["num"], value["shard_size"])
+    _check_explicit_grid(name, value)
+
+
+def _check_explicit_grid(name: str, value: dict[str, Any]) -> None:
+    """An explicit grid (``grid: "sigmas"``) comes with its values, ``n`` steps and their hash; a named one without."""
+    explicit = value["grid"] == EXPLICIT_GRID
+    if explicit != ("sigmas" in value):
+        what = "lacks the field 'sigmas'" if explicit else f"has 'sigmas' although its grid is {value['grid']!r}"
+        raise ValueError(f"{name} {what}")
+    if not explicit:
+        return
+    sig = grid_from_values(value["sigmas"])
+    if value["n"] != len(sig) - 1:
+        raise ValueError(f"{name}.n must be {len(sig) - 1} (the steps of {name}.sigmas), got {value['n']}")
+    if value["sigmas_sha256"] != grid_sha256(sig):
+        raise ValueError(f"{name}.sigmas_sha256 does not match {name}.sigmas")
 
 
 def _version(name: str, value: Any) -> None:
@@ -260,9 +309,18 @@ def read_manifest(out_dir: Path) -> dict[str, Any] | None:
     return doc
 
 
+_SHORT = reprlib.Repr()  # a long list (an explicit grid) is shown by its first values
+_SHORT.maxlist, _SHORT.maxstring, _SHORT.maxother = 8, 80, 80
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``field: old on disk vs new now`` for every argument that differs (long lists abbreviated)."""
     keys = sorted(set(old) | set(new))
-    return [f"{k}: {old.get(k)!r} on disk vs {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+    return [
+        f"{k}: {_SHORT.repr(old.get(k))} on disk vs {_SHORT.repr(new.get(k))} now"
+        for k in keys
+        if old.get(k) != new.get(k)
+    ]
 
 
 def open_run(out_dir: Path, arguments: dict[str, Any], environment: dict[str, Any]) -> None:

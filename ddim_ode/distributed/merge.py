@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from .._files import atomic_path, save_npz, save_png, write_json
+from .._files import atomic_path, save_png, write_json
+from .decode_input import save_decode_input
 from .layout import DECODE_INPUT, INDEX, MANIFEST, PNG, check_writable, remove_own_leftovers
 from .manifest import ResumeError, read_manifest
 from .shards import ShardFormat, list_shards
@@ -26,9 +26,11 @@ def merge_dir(out_dir: str | Path, *, png: bool = True) -> Path:
 
     * ``samples.npy`` (or ``latents.npy``) of shape ``(num, ...)``, and for a reversible solver
       its final state's per-row tensors as ``aux_<field>.npy`` (e.g. ``aux_xbar.npy`` for ``belm``);
-    * for an encoding run ``latents.npz``, the input of ``ddim-ode decode``: ``latents``, ``solver``,
-      ``steps`` and ``grid`` of the run and the reversible solver's state (``aux_type``,
-      ``aux_<field>``; see :func:`ddim_ode.solvers.reversible.state_from_arrays`);
+    * for an encoding run ``latents.npz``, the input of ``ddim-ode decode``: ``latents``, how to
+      decode them (``kind``, ``solver``, ``solver_options``, ``steps``, ``grid``, and ``sigmas`` for
+      an explicit grid, replaced by the ``decode_settings`` the run was given; see
+      :mod:`.decode_input`) and the reversible solver's state (``aux_type``, ``aux_<field>``; see
+      :func:`ddim_ode.solvers.reversible.state_from_arrays`);
     * ``samples.png`` with the first 64 samples when they are 1- or 3-channel images (and ``png``);
     * ``index.json``: the shards and their ranges, the outputs, the state's type and numbers.
 
@@ -57,7 +59,7 @@ def merge_dir(out_dir: str | Path, *, png: bool = True) -> Path:
         _save_grid(out, np.load(per_row[fmt.key], mmap_mode="r")[:_PNG_SAMPLES])
     outputs = sorted(p.name for p in per_row.values())
     if args["kind"] == "encode":
-        _save_decode_input(out / DECODE_INPUT, args, per_row, constants)
+        save_decode_input(out, args, fmt.run_id, per_row, constants)
         outputs.append(DECODE_INPUT)
     check_writable(out / INDEX)
     write_json(
@@ -139,13 +141,3 @@ def _save_grid(out: Path, head: np.ndarray) -> None:
 
     check_writable(out / PNG)
     save_png(out / PNG, image_grid(to_unit(torch.from_numpy(np.array(head))), ncol=8))
-
-
-def _save_decode_input(path: Path, args: dict[str, Any], per_row: dict[str, Path], constants: dict[str, Any]) -> None:
-    """``latents.npz`` as ``ddim-ode encode`` writes it (streamed from the merged ``.npy`` files)."""
-    check_writable(path)
-    arrays = {k: np.load(p, mmap_mode="r") for k, p in per_row.items()}
-    solver = str(args["solver"]).split(" ", 1)[0]  # a name, or "name repr" for a solver object
-    save_npz(
-        path, solver=np.array(solver), steps=np.array(args["n"]), grid=np.array(args["grid"]), **arrays, **constants
-    )

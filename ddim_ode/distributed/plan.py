@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..analytic import AnalyticModel, ScheduledOracle
+from ..checks import GridLike, as_float64, check_decoding_grid
 from ..core import Solution
 from ..driver import decode, encode
 from ..field import EpsModel, SigmaModel
@@ -22,9 +23,10 @@ from ..schedules import Schedule
 from ..solvers import Solver, get_solver
 from ..unet import UNet
 from .conditioning import RunConditioning
-from .fingerprints import fingerprint, jsonable, sha256
+from .decode_input import DecodeSettings, check_decode_settings
+from .fingerprints import fingerprint, grid_sha256, jsonable
 from .groups import DistInfo, dist_info, rank_device
-from .manifest import MAX_NUM, check_int, check_shape, check_shard_count
+from .manifest import EXPLICIT_GRID, MAX_NUM, check_int, check_shape, check_shard_count, grid_values
 from .noise import SOLVER_NOISE_RULE, solver_noise_seed
 
 __all__ = ["RunSettings", "RunPlan", "make_plan"]
@@ -89,6 +91,7 @@ class RunSettings:
     solver_options: dict[str, Any] | None
     n: int
     grid: str
+    sigmas: GridLike | None
     prediction: str | None
     shard_size: int
     batch_size: int | None
@@ -122,6 +125,8 @@ class RunPlan:
         stochastic: the solver draws fresh noise (seeded per shard from ``seed``).
         solve_kwargs: the arguments of :func:`~ddim_ode.decode` / :func:`~ddim_ode.encode`.
         conditioning: the network's keyword arguments (per sample: sliced by index) and guidance.
+        decode_settings: what an encoding run's ``latents.npz`` records beside the latents, given
+            by the caller (see :mod:`.decode_input`), or ``None``.
     """
 
     kind: str
@@ -137,6 +142,7 @@ class RunPlan:
     stochastic: bool
     solve_kwargs: dict[str, Any]
     conditioning: RunConditioning
+    decode_settings: DecodeSettings | None = None
 
     def solve(self, x: Tensor, starts: Sequence[int]) -> Solution:
         """Integrate the rows ``x`` of the shards that begin at the indices ``starts`` (in this order)."""
@@ -160,11 +166,13 @@ def make_plan(
     shape: Sequence[int] | None,
     seed: int | None,
     identity: dict[str, Any],
+    decode_settings: Mapping[str, Any] | None = None,
 ) -> RunPlan:
     """Check the arguments of a run of ``num`` indices, resolve its model and solver.
 
     ``identity`` holds what identifies the inputs (the noise rule and ``seed`` for sampling, the
-    data's hash for encoding); ``shape=None`` asks the model for the shape of one sample.
+    data's hash for encoding); ``shape=None`` asks the model for the shape of one sample;
+    ``decode_settings`` are checked with :func:`~.decode_input.check_decode_settings`.
     """
     solver, solver_options, n, grid = settings.solver, settings.solver_options, settings.n, settings.grid
     dtype, batch_size = settings.dtype, settings.batch_size
@@ -177,8 +185,10 @@ def make_plan(
     n = check_int("n", n)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype (of the solver state and files) must be torch.float32 or torch.float64, got {dtype!r}")
-    if grid not in GRIDS:
+    if settings.sigmas is None and grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; allowed: {', '.join(GRIDS)}")
+    sigmas = None if settings.sigmas is None else as_float64(settings.sigmas, "sigmas")
+    settings_arrays = check_decode_settings(decode_settings)
     if solver_options is not None and not isinstance(solver_options, dict):
         raise TypeError(f"solver_options must be a dict of constructor options, got {type(solver_options).__name__}")
     slv = get_solver(solver, **(solver_options or {}))  # fails early on a bad name or options
@@ -200,7 +210,13 @@ def make_plan(
         raise ValueError(
             "model_kwargs and guidance need a network model(x_t, t, **kwargs); an exact SigmaModel takes none"
         )
-    sig = make_grid(resolved.schedule, grid, n)
+    if sigmas is None:
+        sig = make_grid(resolved.schedule, grid, n)
+        grid_arguments: dict[str, Any] = {"n": n, "grid": grid, "sigmas_sha256": grid_sha256(sig)}
+    else:  # the manifest records the values: a resume with another grid is refused, the merge can write them
+        sig = check_decoding_grid(sigmas, resolved.schedule, "sigmas")
+        n = len(sig) - 1
+        grid_arguments = {"n": n, "grid": EXPLICIT_GRID, "sigmas_sha256": grid_sha256(sig), "sigmas": grid_values(sig)}
     arguments = identity | {
         "kind": kind,
         "num": num,
@@ -209,9 +225,7 @@ def make_plan(
         "shard_size": shard_size,
         "solver": solver if isinstance(solver, str) else f"{slv.name} {slv!r}",
         "solver_options": jsonable(solver_options or {}),
-        "n": n,
-        "grid": grid,
-        "sigmas_sha256": sha256(sig.to(torch.float64).numpy().tobytes()),
+        **grid_arguments,
         "prediction": resolved.prediction,
         "model": fingerprint(net),
         "schedule": fingerprint(resolved.schedule),
@@ -229,7 +243,7 @@ def make_plan(
         "n": n,
         "model": blocks,
         "schedule": resolved.schedule,
-        "grid": grid,
+        "sigmas": sig,
         "prediction": resolved.prediction,
         "solver_options": dict(solver_options or {}),
         "check_finite": settings.check_finite,
@@ -251,4 +265,5 @@ def make_plan(
         slv.stochastic,
         solve_kwargs,
         conditioning,
+        settings_arrays,
     )

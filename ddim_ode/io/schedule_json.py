@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..ranges import check_bool, check_float, check_float_list, check_int
+from ..ranges import check_bool, check_choice, check_float, check_float_list, check_int
 from ..schedules import CosineVPSchedule, DiscreteSchedule, FlowSchedule, LinearVPSchedule, Schedule, VESchedule
 
 __all__ = [
@@ -140,7 +140,7 @@ def _check_flow_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         "max_shift": lambda v: check_float("schedule.max_shift", v, -MAX_FLOW_MU, MAX_FLOW_MU),
         "base_image_seq_len": lambda v: check_int("schedule.base_image_seq_len", v, 1, MAX_IMAGE_SEQ_LEN),
         "max_image_seq_len": lambda v: check_int("schedule.max_image_seq_len", v, 2, MAX_IMAGE_SEQ_LEN),
-        "time_shift_type": lambda v: _check_choice("schedule.time_shift_type", v, TIME_SHIFT_TYPES),
+        "time_shift_type": lambda v: check_choice("schedule.time_shift_type", v, TIME_SHIFT_TYPES),
         "mu": lambda v: None if v is None else check_float("schedule.mu", v, -MAX_FLOW_MU, MAX_FLOW_MU),
         "timestep_scale": lambda v: check_float("schedule.timestep_scale", v, 0.0, MAX_TIMESTEPS, low_open=True),
     }
@@ -151,12 +151,6 @@ def _check_ve_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """``sigma_min`` and ``sigma_max`` of a ``"ve"`` description, each in (0, :data:`MAX_VE_SIGMA`]."""
     _check_entries(spec, "ve schedule", _VE_ENTRIES, _VE_ENTRIES)
     return {key: check_float(f"schedule.{key}", spec[key], 0.0, MAX_VE_SIGMA, low_open=True) for key in _VE_ENTRIES}
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {reprlib.repr(value)}")
-    return value
 
 
 def check_schedule_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:

@@ -51,9 +51,9 @@ import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
+from ..ranges import check_choice
 from .base import Solver, lincomb, register
 from .controller import StepSizeController
-from .options import check_choice
 from .pairs import EMBEDDED
 from .tableau import ButcherTableau, embedded_error, rk_stages
 

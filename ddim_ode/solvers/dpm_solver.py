@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
+from ..ranges import check_choice
 from .base import Solver, lincomb, register, touches_zero
-from .options import check_choice
 
 __all__ = ["DPMSolver", "DPMSolver1", "DPMSolver2", "DPMSolver3", "dpm_solver_step"]
 

@@ -21,11 +21,10 @@ import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
-from ..ranges import check_bool
+from ..ranges import check_bool, check_choice
 from .base import Evaluation, Solver, evaluate, lincomb, register, touches_zero
 from .dpm_solver import dpm_solver_step
 from .exponential import usable_history
-from .options import check_choice
 
 __all__ = ["DPMSolverPlusPlus", "DPMSolverPlusPlus2M", "DPMSolverPlusPlus3M", "FinalStepState"]
 

@@ -26,8 +26,8 @@ import numpy as np
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
+from ..ranges import check_choice
 from .base import Solver, lincomb, register, touches_zero
-from .options import check_choice
 from .rk import RK4_CLASSIC, rk_step
 
 __all__ = ["AdamsBashforth", "AdamsState", "PLMS", "IPNDM", "IPNDMV", "IPNDM_COEFFICIENTS", "adams_bashforth_weights"]

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
+from ..ranges import check_choice
 from .base import Solver, register, touches_zero
-from .options import check_choice
 from .tableau import ButcherTableau, rk_stages
 
 __all__ = [

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from ..field import ProbabilityFlowODE
+from ..ranges import check_choice
 from .base import Evaluation, Solver, evaluate, lincomb, register, touches_zero
 from .exponential import usable_history
-from .options import check_choice
 
 __all__ = ["UniPC", "UniPCState"]
 
