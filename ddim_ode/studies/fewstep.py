@@ -44,7 +44,7 @@ FD_NFES = (6, 10)
 #: RK4 steps of the accurate samples whose Fréchet distance is the converged value
 FD_REF_STEPS = 32
 #: tune_grid sizes: exact oracles are cheap, networks are not
-_TUNE_ANALYTIC = dict(num_samples=256, heldout_samples=128, candidates=24, reference_steps=96, refine_solves=20)
+_TUNE_ANALYTIC = dict(num_samples=512, heldout_samples=256, candidates=24, reference_steps=96, refine_solves=20)
 _TUNE_NETWORK = dict(num_samples=16, heldout_samples=16, candidates=20, reference_steps=48, refine_solves=12)
 _TUNE_QUICK = dict(num_samples=8, heldout_samples=8, candidates=10, reference_steps=16, refine_solves=0)
 
@@ -268,7 +268,7 @@ def fewstep_study(
     tuned: Sequence[str] = DEFAULT_TUNED,
     network_tuned: Sequence[str] = NETWORK_TUNED,
     nfes: Sequence[int] = DEFAULT_NFES,
-    num: int = 64,
+    num: int = 256,
     network_num: int = 32,
     fd_num: int = 256,
     run: StudyRun | None = None,
