@@ -13,6 +13,10 @@ one-off cost of a few hundred to a few thousand network evaluations:
 4. :mod:`.tune` — the entry point, which also checks the result on held-out noise against the
    standard grids and returns the best standard grid when tuning did not beat it;
 5. :mod:`.result` — :class:`TunedGrid` and its JSON file (``--sigmas grid.json``).
+
+Every Gaussian path is served: VP and VE schedules, and flow paths, whose pure noise at σ = ∞ is
+a candidate of its own, left by the exact limit of the DDIM step as :func:`~ddim_ode.decode`
+leaves it.
 """
 
 from .result import TunedGrid, read_sigmas
