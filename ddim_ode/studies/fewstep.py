@@ -41,6 +41,8 @@ NETWORK_TUNED = ("dpm-solver++2m", "ipndm")
 #: NFE at which the tuned grids are made on the network problems (each tuning costs ~1k NFE)
 NETWORK_TUNED_NFES = (5, 10)
 FD_NFES = (6, 10)
+#: the plot's error axis stops at this multiple of diffusers' largest error on the panel
+CLIP_ABOVE_DIFFUSERS = 5.0
 #: RK4 steps of the accurate samples whose Fréchet distance is the converged value
 FD_REF_STEPS = 32
 #: tune_grid sizes: exact oracles are cheap, networks are not
@@ -355,18 +357,27 @@ def _method_lines(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, float
 
 
 def render_fewstep(doc: dict[str, Any], out_dir: str | Path) -> Path:
-    """``fewstep.png`` (error against NFE, one panel per problem, diffusers dashed) and ``fewstep.md``."""
+    """``fewstep.png`` (error against NFE, one panel per problem, diffusers dashed; errors above
+    :data:`CLIP_ABOVE_DIFFUSERS` times diffusers' largest are off the plot) and ``fewstep.md``."""
     plt = pyplot()
     names = [p["name"] for p in doc["settings"]["problems"]]
     fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.4), squeeze=False)
+    keys = list(_method_lines(doc["results"]))  # one colour per method on every panel
+    palette = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
+    colour = {key: palette[i % len(palette)] for i, key in enumerate(keys)}
     for ax, name in zip(axes[0], names):
         rows = [r for r in doc["results"] if r["problem"] == name]
         for key, pts in _method_lines(rows).items():
             style = "--" if key.startswith("diffusers") else ("-" if key.endswith("tuned") else ":")
             lw = 2.0 if key.endswith("tuned") or key.startswith("diffusers") else 1.0
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker=".", lw=lw, label=key)
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            ax.plot(xs, ys, style, marker=".", lw=lw, label=key, color=colour[key])
         ax.set_xscale("log")
         ax.set_yscale("log")
+        errors = [r["error"] for r in rows if r.get("error") is not None and r["error"] > 0]
+        theirs = [r["error"] for r in rows if r["kind"] == "diffusers" and r.get("error") is not None]
+        if errors and theirs:  # a blown-up solver (a one-step method over six decades of σ) squashes the rest
+            ax.set_ylim(0.8 * min(errors), min(1.25 * max(errors), CLIP_ABOVE_DIFFUSERS * max(theirs)))
         ax.set_xticks(doc["settings"]["nfes"], [str(n) for n in doc["settings"]["nfes"]])
         ax.set_xlabel("NFE")
         ax.set_ylabel("RMS error of x0 vs accurate solve")
