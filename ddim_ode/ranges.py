@@ -17,9 +17,12 @@ from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any, TypeVar
 
-__all__ = ["check_int", "check_float", "check_float_list", "check_bool", "check_choice", "describe_range"]
+__all__ = ["check_int", "check_float", "check_float_list", "check_bool", "check_choice", "describe_range", "OPEN_UNIT"]
 
 T = TypeVar("T")
+
+#: the open interval (0, 1) as keywords of :func:`check_float` and :func:`check_float_list` (betas, ᾱ)
+OPEN_UNIT: dict[str, Any] = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
 
 
 def _show(bound: float) -> str:

@@ -41,7 +41,7 @@ import torch
 
 from ..field import Prediction
 from ..io.schedule_json import MAX_TIMESTEPS
-from ..ranges import check_bool, check_choice, check_float, check_float_list, check_int
+from ..ranges import OPEN_UNIT, check_bool, check_choice, check_float, check_float_list, check_int
 from ..schedules import DiscreteSchedule, FlowSchedule, Schedule
 
 __all__ = [
@@ -72,7 +72,6 @@ DEFAULT_SOURCE = "DDIMScheduler"
 #: ``DPMSolverMultistepScheduler`` with ``lower_order_final`` takes a first-order last step below this many steps
 LOWER_ORDER_FINAL_STEPS = 15
 #: the open interval (0, 1) of every beta, as keywords of check_float
-_OPEN_UNIT: dict[str, Any] = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
 
 
 @dataclass(frozen=True)
@@ -155,12 +154,12 @@ def _vp_schedule(config: Mapping[str, Any]) -> DiscreteSchedule:
     if trained is not None:
         if isinstance(trained, (torch.Tensor, np.ndarray)):
             trained = trained.tolist()
-        betas = check_float_list("trained_betas", trained, min_len=2, max_len=MAX_TIMESTEPS, **_OPEN_UNIT)
+        betas = check_float_list("trained_betas", trained, min_len=2, max_len=MAX_TIMESTEPS, **OPEN_UNIT)
         return DiscreteSchedule(betas=torch.tensor(betas, dtype=torch.float64))
     kind = _config_choice(config, "beta_schedule", BETA_SCHEDULES, "linear")
     n = _num_train_timesteps(config)
-    b0 = check_float("beta_start", _get(config, "beta_start", 1e-4), **_OPEN_UNIT)
-    b1 = check_float("beta_end", _get(config, "beta_end", 0.02), **_OPEN_UNIT)
+    b0 = check_float("beta_start", _get(config, "beta_start", 1e-4), **OPEN_UNIT)
+    b1 = check_float("beta_end", _get(config, "beta_end", 0.02), **OPEN_UNIT)
     if kind == "linear":
         return DiscreteSchedule.linear(b0, b1, n)
     if kind == "scaled_linear":

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..ranges import check_bool, check_choice, check_float, check_float_list, check_int
+from ..ranges import OPEN_UNIT, check_bool, check_choice, check_float, check_float_list, check_int
 from ..schedules import CosineVPSchedule, DiscreteSchedule, FlowSchedule, LinearVPSchedule, Schedule, VESchedule
 
 __all__ = [
@@ -74,8 +74,6 @@ _SCHEDULE_ENTRIES = {
     "continuous": {"linear": ("beta_min", "beta_max", "t_min", "t_max"), "cosine": ("s", "t_min", "t_max")},
 }
 _OPTIONAL_ENTRIES = ("s", "t_min", "t_max")
-#: the open interval (0, 1) of every beta and alpha_bar, as keywords of check_float
-_OPEN_UNIT: dict[str, Any] = {"low": 0.0, "high": 1.0, "low_open": True, "high_open": True}
 
 
 def schedule_to_dict(schedule: Schedule) -> dict[str, Any]:
@@ -184,7 +182,7 @@ def check_schedule_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
         raise ValueError(f"a {typ} {kind} schedule lacks the entry {missing[0]!r}")
 
     def prob(key: str) -> float:
-        return check_float(f"schedule.{key}", spec[key], **_OPEN_UNIT)
+        return check_float(f"schedule.{key}", spec[key], **OPEN_UNIT)
 
     out: dict[str, Any] = {}
     if typ == "discrete":
@@ -193,7 +191,7 @@ def check_schedule_spec(spec: Any) -> tuple[str, str, dict[str, Any]]:
         if kind == "linear":
             out["beta_start"], out["beta_end"] = prob("beta_start"), prob("beta_end")
         elif kind in ("betas", "alphas_cumprod"):
-            out[kind] = check_float_list(f"schedule.{kind}", spec[kind], min_len=2, max_len=MAX_TIMESTEPS, **_OPEN_UNIT)
+            out[kind] = check_float_list(f"schedule.{kind}", spec[kind], min_len=2, max_len=MAX_TIMESTEPS, **OPEN_UNIT)
     else:
         for key in ("t_min", "t_max"):
             if key in spec:
