@@ -71,7 +71,6 @@ FLOW_MATCHING_CLASSES = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscre
 DEFAULT_SOURCE = "DDIMScheduler"
 #: ``DPMSolverMultistepScheduler`` with ``lower_order_final`` takes a first-order last step below this many steps
 LOWER_ORDER_FINAL_STEPS = 15
-#: the open interval (0, 1) of every beta, as keywords of check_float
 
 
 @dataclass(frozen=True)
