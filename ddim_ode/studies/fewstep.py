@@ -38,8 +38,6 @@ DEFAULT_TUNED = ("dpm-solver++2m", "unipc", "ipndm")
 #: the solvers tuned on the network problems (tuning unipc costs tens of thousands of NFE: its corrector
 #: evaluates the network off the reference at every pair of steps)
 NETWORK_TUNED = ("dpm-solver++2m", "ipndm")
-#: NFE at which the tuned grids are made on the network problems (each tuning costs ~1k NFE)
-NETWORK_TUNED_NFES = (5, 10)
 FD_NFES = (6, 10)
 #: the plot's error axis stops at this multiple of diffusers' largest error on the panel
 CLIP_ABOVE_DIFFUSERS = 5.0
@@ -281,7 +279,7 @@ def fewstep_study(
         problems: names from :data:`~ddim_ode.studies.fewstep_problems.FEWSTEP_PROBLEMS`.
         solvers: the solvers on standard grids (default :func:`deterministic_solvers`).
         tuned: the solvers also run on grids tuned to the analytic problem, at every NFE;
-            ``network_tuned``: those tuned to each network problem, at NFE 5 and 10.
+            ``network_tuned``: those tuned to each network problem (about 800 NFE per grid), at every NFE.
         nfes: the NFE budgets.
         num: noises per analytic problem; ``network_num`` per network problem.
         fd_num: samples per Fréchet distance (built-in models only).
@@ -309,9 +307,8 @@ def fewstep_study(
         prob = make_fewstep_problem(name, network_num if network else num, seed=seed, ref_steps=ref_steps, device=dev)
         rows = _standard_rows(prob, names, nfes)
         tune_solvers = list(network_tuned if network else tuned)
-        tune_nfes = [n for n in nfes if n in NETWORK_TUNED_NFES] if network and not run.quick else list(nfes)
         sizes = _TUNE_QUICK if run.quick else (_TUNE_NETWORK if network else _TUNE_ANALYTIC)
-        rows += _tuned_rows(prob, tune_solvers, tune_nfes, sizes, seed + 1000)
+        rows += _tuned_rows(prob, tune_solvers, nfes, sizes, seed + 1000)
         rows += _diffusers_rows(prob, nfes)
         for r in rows:
             r["problem"] = name
