@@ -126,15 +126,12 @@ def reference_trajectory(
     """
     nfe0 = field.nfe
     head = math.isinf(float(sigmas[0]))
-    finite = sigmas[1:] if head else sigmas
-    substeps = max(1, math.ceil(steps / (len(sigmas) - 1)))
-    fine = fine_sigmas(finite, substeps)
+    start = sigmas.clone()  # from σ_max = ∞ the solve starts at σ_far instead
     if head:
-        far = float(finite[0]) * FAR
-        fine = torch.cat([fine_sigmas(torch.tensor([far, float(finite[0])], dtype=torch.float64), substeps), fine[1:]])
-        xbar = step_from_noise(field, z, far)
-    else:
-        xbar = to_xbar(z, float(sigmas[0]), field.schedule)
+        start[0] = float(sigmas[1]) * FAR
+    substeps = max(1, math.ceil(steps / (len(sigmas) - 1)))
+    fine = fine_sigmas(start, substeps)
+    xbar = step_from_noise(field, z, float(start[0])) if head else to_xbar(z, float(start[0]), field.schedule)
     end, traj = _rk4_solve(field, xbar, fine, trajectory=True)
     error = math.nan
     if estimate_error:
